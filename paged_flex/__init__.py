@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/index.ipynb #353e6058
+# %% ../nbs/index.ipynb #4b9cf52c
 from .pages import PageAllocator, OutOfPagesError
 from .block_tables import BlockTables
 from .cache import PagedKVCache, CacheStats, reference_attention
