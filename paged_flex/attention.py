@@ -140,6 +140,8 @@ def flex_paged_attention(q: torch.Tensor,         # [tokens, num_heads, head_dim
     else:
         qq = qp.transpose(0, 1).unsqueeze(0)                                           # [1, H, T, D]
     fn = _flex() if q.is_cuda else flex_attention
+    if q.is_cuda and kernel_options is None and cache.page_size < 64:
+        kernel_options = {"BLOCK_N": cache.page_size}                              # a KV tile may not span pages
     out = fn(qq, k, v, block_mask=meta.block_mask, scale=scale, enable_gqa=H != cache.num_kv_heads,
              kernel_options=kernel_options)
     out = out.squeeze(2) if meta.decode else out.squeeze(0).transpose(0, 1)
@@ -190,13 +192,14 @@ def paged_attention(q: torch.Tensor,            # [tokens, num_heads, head_dim]
                     scale: float | None = None, backend: str = "auto") -> torch.Tensor:
     "Each query attends to its sequence's keys at positions <= its own. Returns `[tokens, num_heads, head_dim]`."
     seq_ids, positions = _check_call(q, cache, layer, seq_ids, positions)
-    if backend == "auto": backend = "flex" if q.is_cuda else "gather"
+    decode = len(torch.unique(seq_ids)) == len(seq_ids)          # one query per sequence: batch rows
+    if backend == "auto": backend = ("triton" if decode else "flex") if q.is_cuda else "gather"
     if backend == "gather": return gather_paged_attention(q, cache, layer, seq_ids, positions, scale)
     if backend == "triton":
+        if not decode: raise ValueError("backend='triton' takes decode batches only (one query per sequence)")
         from paged_flex.triton_decode import triton_paged_decode
         return triton_paged_decode(q, cache, layer, seq_ids, positions, scale)
     if backend != "flex": raise ValueError(f"backend must be 'auto', 'flex', 'gather' or 'triton', got {backend!r}")
-    decode = len(torch.unique(seq_ids)) == len(seq_ids)          # one query per sequence: batch rows
     return flex_paged_attention(q, cache, layer, step_metadata(cache, seq_ids, positions, decode=decode), scale)
 
 # %% ../nbs/05_paged_attention.ipynb #d1f24dab
