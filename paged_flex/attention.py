@@ -45,9 +45,10 @@ def decode_block_mask(cache: PagedKVCache, q_seq: torch.Tensor, q_pos: torch.Ten
     rows = cache.block_table[q_seq.long()]                                   # [B, max_pages_per_seq] physical pages
     full = torch.div(q_pos + 1, P, rounding_mode="floor").clamp(min=0)      # [B] pages entirely visible
     partial = ((q_pos + 1) % P != 0).to(torch.int32)                       # [B] 1 if the last page is cut
-    last = rows.gather(1, full.clamp(max=rows.shape[1] - 1).long()[:, None])  # [B, 1] the cut page
+    cut = rows.gather(1, full.clamp(max=rows.shape[1] - 1).long()[:, None])  # [B, 1] the cut page
+    part_idx = torch.zeros_like(rows); part_idx[:, :1] = cut                # [B, max_pages] it, listed first
     mask = sequence_local_mask(cache.block_table, cache.page_logical, q_seq, q_pos, P, q_len=1)
-    return BlockMask.from_kv_blocks(partial.view(B, 1, 1), last.view(B, 1, 1, 1).contiguous(),
+    return BlockMask.from_kv_blocks(partial.view(B, 1, 1), part_idx.view(B, 1, 1, -1),
                                     full.to(torch.int32).view(B, 1, 1), rows.view(B, 1, 1, -1).contiguous(),
                                     BLOCK_SIZE=(q_block, P), mask_mod=mask,
                                     seq_lengths=(1, cache.num_pages * P), compute_q_blocks=False)
@@ -135,13 +136,12 @@ def flex_paged_attention(q: torch.Tensor,         # [tokens, num_heads, head_dim
     k = cache.k[layer].view(-1, cache.num_kv_heads, D).transpose(0, 1).unsqueeze(0)  # [1, kv_heads, slots, D]
     v = cache.v[layer].view(-1, cache.num_kv_heads, D).transpose(0, 1).unsqueeze(0)
     if meta.decode:
-        qq = qp.unsqueeze(2)                                                           # [B, H, 1, D]
-        k, v = k.expand(n_pad, -1, -1, -1), v.expand(n_pad, -1, -1, -1)
+        qq = qp.unsqueeze(2)                                                           # [B, H, 1, D]; KV batch 1 broadcasts
     else:
         qq = qp.transpose(0, 1).unsqueeze(0)                                           # [1, H, T, D]
     fn = _flex() if q.is_cuda else flex_attention
-    if q.is_cuda and kernel_options is None and cache.page_size < 64:
-        kernel_options = {"BLOCK_N": cache.page_size}                              # a KV tile may not span pages
+    if q.is_cuda and kernel_options is None:
+        kernel_options = {"BLOCK_N": min(cache.page_size, 64)}                     # a KV tile may not span pages
     out = fn(qq, k, v, block_mask=meta.block_mask, scale=scale, enable_gqa=H != cache.num_kv_heads,
              kernel_options=kernel_options)
     out = out.squeeze(2) if meta.decode else out.squeeze(0).transpose(0, 1)
