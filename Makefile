@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo test test-fast check-export docs readme clean
+.PHONY: venv demo test check-export docs docs-screenshot readme clean
 
 $(VENV)/.installed: settings.ini setup.py
 	bash tools/setup_env.sh "$(VENV)" "$(TORCH_SPEC)"
@@ -27,10 +27,13 @@ readme: venv
 docs: venv
 	$(PY) tools/build_docs.py
 
+docs-screenshot: docs
+	$(PY) -m pytest -q tests/test_docs.py -k screenshot && cp _site/screenshot.png docs/screenshot.png
+
 test: venv
 	bash tools/ensure_chromium.sh
 	$(PY) tools/check_sync.py
-	$(VENV)/bin/nbdev_test --n_workers 2 --timing
+	TRITON_INTERPRET=1 $(VENV)/bin/nbdev_test --n_workers 2 --timing
 	$(PY) -m pytest -q tests
 
 clean:

@@ -7,16 +7,22 @@ from __future__ import annotations
 import torch
 
 # %% auto #0
-__all__ = ['pages_needed', 'check_page_size', 'slots_of', 'BlockTables']
+__all__ = ['pages_needed', 'check_positive_int', 'check_page_size', 'slots_of', 'BlockTables']
 
 # %% ../nbs/01_block_tables.ipynb #25f1840b
 def pages_needed(num_tokens: int, page_size: int) -> int:
     "Pages that hold `num_tokens` tokens: ceil(num_tokens / page_size)."
     return -(-num_tokens // page_size)
 
+def check_positive_int(name: str, value) -> int:
+    "`value` if it is a positive int (not a bool), else a `ValueError` naming it."
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
 def check_page_size(page_size: int) -> int:
     "`page_size` if it is a power of two, else a `ValueError` naming it."
-    if not isinstance(page_size, int) or page_size <= 0 or page_size & (page_size - 1):
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size <= 0 or page_size & (page_size - 1):
         raise ValueError(f"page_size must be a positive power of two, got {page_size!r}")
     return page_size
 
@@ -32,9 +38,8 @@ def slots_of(block_table: torch.Tensor,  # [max_seqs, max_pages_per_seq] int32 p
 class BlockTables:
     "Block tables of up to `max_seqs` sequences: an int32 device tensor plus a host mirror."
     def __init__(self, max_seqs: int, max_pages_per_seq: int, num_pages: int | None = None, device=None):
-        num_pages = num_pages or max_seqs * max_pages_per_seq
-        for name, v in (("max_seqs", max_seqs), ("max_pages_per_seq", max_pages_per_seq), ("num_pages", num_pages)):
-            if not isinstance(v, int) or v <= 0: raise ValueError(f"{name} must be a positive int, got {v!r}")
+        check_positive_int("max_seqs", max_seqs); check_positive_int("max_pages_per_seq", max_pages_per_seq)
+        num_pages = check_positive_int("num_pages", max_seqs * max_pages_per_seq if num_pages is None else num_pages)
         self.max_seqs, self.max_pages_per_seq = max_seqs, max_pages_per_seq
         self.table = torch.zeros(max_seqs, max_pages_per_seq, dtype=torch.int32, device=device)  # [max_seqs, max_pages_per_seq]
         self.seq_lens = torch.zeros(max_seqs, dtype=torch.int32, device=device)                  # [max_seqs] reserved tokens
@@ -56,7 +61,8 @@ class BlockTables:
         return seq_id
 
     def check_known(self, seq_id) -> int:
-        "`seq_id` if it names a live sequence, else a `KeyError` naming it."
+        "`seq_id` if it names a live sequence, else a `KeyError` naming it (`ValueError` if it is no valid id)."
+        if isinstance(seq_id, (bool, float)): self.check_id(seq_id)       # 1.0 and True hash like 1: refuse them
         if seq_id not in self._pages: raise KeyError(f"unknown sequence {seq_id!r} (never reserved, or already freed)")
         return seq_id
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, asdict
 import torch
 import torch.nn.functional as F
 from .pages import PageAllocator, OutOfPagesError
-from .block_tables import BlockTables, pages_needed, check_page_size
+from .block_tables import BlockTables, pages_needed, check_page_size, check_positive_int
 
 # %% auto #0
 __all__ = ['default_device', 'CacheStats', 'PagedKVCache', 'reference_attention']
@@ -37,8 +37,10 @@ class PagedKVCache:
     "A global paged KV cache: `num_pages` pages of `page_size` tokens, shared by all layers and sequences."
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, num_pages: int, page_size: int,
                  dtype: torch.dtype | None = None, device=None, max_seqs: int = 256, max_seq_len: int | None = None):
-        for name, val in (("num_layers", num_layers), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
-            if not isinstance(val, int) or val <= 0: raise ValueError(f"{name} must be a positive int, got {val!r}")
+        for name, val in (("num_layers", num_layers), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
+                          ("num_pages", num_pages), ("max_seqs", max_seqs)):
+            check_positive_int(name, val)
+        if max_seq_len is not None: check_positive_int("max_seq_len", max_seq_len)
         self.page_size = check_page_size(page_size)
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
@@ -121,7 +123,8 @@ class PagedKVCache:
 
     def _check_tokens(self, seq_ids, positions) -> tuple[torch.Tensor, torch.Tensor]:
         "Validate (seq_id, position) pairs on the host; return them as int64 tensors."
-        seq_ids, positions = torch.as_tensor(seq_ids), torch.as_tensor(positions)
+        as_ids = lambda x: x if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.long if x == [] else None)
+        seq_ids, positions = as_ids(seq_ids), as_ids(positions)
         if seq_ids.ndim != 1 or positions.shape != seq_ids.shape:
             raise ValueError(f"seq_ids and positions must be 1-D and of one length, got shapes "
                              f"{list(seq_ids.shape)} and {list(positions.shape)}")

@@ -20,7 +20,7 @@ class OutOfPagesError(RuntimeError):
 class PageAllocator:
     "A pool of `num_pages` physical pages: LIFO free list, O(1) `allocate`/`free`, reference counts."
     def __init__(self, num_pages: int):
-        if not isinstance(num_pages, int) or num_pages <= 0:
+        if isinstance(num_pages, bool) or not isinstance(num_pages, int) or num_pages <= 0:
             raise ValueError(f"num_pages must be a positive int, got {num_pages!r}")
         self.num_pages = num_pages
         self._free = list(range(num_pages - 1, -1, -1))  # stack: pop() gives page 0 first
@@ -35,7 +35,8 @@ class PageAllocator:
 
     def allocate(self, n: int, seq_id=None) -> list[int]:
         "Take `n` free pages (each with one owner), or raise `OutOfPagesError` and change nothing."
-        if n < 0: raise ValueError(f"cannot allocate a negative number of pages: {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"the number of pages to allocate must be a non-negative int, got {n!r}")
         if n > len(self._free): raise OutOfPagesError(n, len(self._free), seq_id)
         pages = [self._free.pop() for _ in range(n)]
         for p in pages: self._refs[p] = 1
@@ -43,6 +44,7 @@ class PageAllocator:
 
     def share(self, pages) -> None:
         "Add one owner to each of `pages` (all must be in use)."
+        pages = list(pages)
         for p in pages:
             if self._refs[self._check(p)] == 0: raise ValueError(f"cannot share page {p}: it is free")
         for p in pages: self._refs[p] += 1
@@ -58,7 +60,7 @@ class PageAllocator:
             if self._refs[p] == 0: self._free.append(p)
 
     def _check(self, page) -> int:
-        if not isinstance(page, int) or not 0 <= page < self.num_pages:
+        if isinstance(page, bool) or not isinstance(page, int) or not 0 <= page < self.num_pages:
             raise ValueError(f"page {page!r} is not a page of this pool (0..{self.num_pages - 1})")
         return page
 
