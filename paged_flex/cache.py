@@ -145,7 +145,7 @@ class PagedKVCache:
                 f"pages={self.num_pages}x{self.page_size}, dtype={self.dtype}, device={self.device}, "
                 f"seqs={s.num_seqs}, pages_used={s.pages_used}, waste={s.waste:.1%})")
 
-# %% ../nbs/02_cache.ipynb #ed66fe10
+# %% ../nbs/02_cache.ipynb #5aa48a91
 def reference_attention(q: torch.Tensor,        # [tokens, num_heads, head_dim]
                         cache: PagedKVCache, layer: int,
                         seq_ids: torch.Tensor,  # [tokens] sequence of each query
