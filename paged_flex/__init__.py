@@ -10,3 +10,4 @@ __all__ = []
 from .pages import PageAllocator, OutOfPagesError
 from .block_tables import BlockTables
 from .cache import PagedKVCache, CacheStats, reference_attention
+from .attention import paged_attention
