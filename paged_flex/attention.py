@@ -193,12 +193,14 @@ def paged_attention(q: torch.Tensor,            # [tokens, num_heads, head_dim]
     "Each query attends to its sequence's keys at positions <= its own. Returns `[tokens, num_heads, head_dim]`."
     seq_ids, positions = _check_call(q, cache, layer, seq_ids, positions)
     decode = len(torch.unique(seq_ids)) == len(seq_ids)          # one query per sequence: batch rows
-    if backend == "auto": backend = ("triton" if decode else "flex") if q.is_cuda else "gather"
+    if backend == "auto": backend = "triton" if q.is_cuda else "gather"
     if backend == "gather": return gather_paged_attention(q, cache, layer, seq_ids, positions, scale)
-    if backend == "triton":
-        if not decode: raise ValueError("backend='triton' takes decode batches only (one query per sequence)")
-        from paged_flex.triton_decode import triton_paged_decode
-        return triton_paged_decode(q, cache, layer, seq_ids, positions, scale)
+    if backend == "triton":                                     # decode kernel, or the prefill kernel for mixed batches
+        if decode:
+            from paged_flex.triton_decode import triton_paged_decode
+            return triton_paged_decode(q, cache, layer, seq_ids, positions, scale)
+        from paged_flex.triton_prefill import triton_paged_prefill
+        return triton_paged_prefill(q, cache, layer, seq_ids, positions, scale)
     if backend != "flex": raise ValueError(f"backend must be 'auto', 'flex', 'gather' or 'triton', got {backend!r}")
     return flex_paged_attention(q, cache, layer, step_metadata(cache, seq_ids, positions, decode=decode), scale)
 
