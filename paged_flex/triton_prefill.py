@@ -21,18 +21,56 @@ def prefill_tiles(seq_ids: torch.Tensor,    # [tokens] sequence of each query (r
                   positions: torch.Tensor,  # [tokens] position of each query (consecutive within a run)
                   block_m: int) -> torch.Tensor:  # [num_tiles, 4] int32: seq, first row, first position, count
     "Cut the packed queries into tiles of up to `block_m` consecutive positions of one sequence, longest context first."
-    ids, pos = seq_ids.tolist(), positions.tolist()
-    tiles, start = [], 0
-    for i in range(1, len(ids) + 1):
-        if i == len(ids) or ids[i] != ids[i - 1] or pos[i] != pos[i - 1] + 1:      # a run ends
-            for t0 in range(start, i, block_m):
-                n = min(block_m, i - t0)
-                tiles.append((ids[t0], t0, pos[t0], n))
-            start = i
-    tiles.sort(key=lambda t: -(t[2] + t[3]))
-    return torch.tensor(tiles, dtype=torch.int32).view(-1, 4)
+    ids, pos = seq_ids.long().cpu(), positions.long().cpu()
+    T = len(ids)
+    brk = torch.ones(T, dtype=torch.bool)
+    brk[1:] = (ids[1:] != ids[:-1]) | (pos[1:] != pos[:-1] + 1)          # a new run starts here
+    starts = brk.nonzero().squeeze(1)
+    ends = torch.cat([starts[1:], torch.tensor([T])])
+    per_run = -(-(ends - starts) // block_m)                                # tiles in each run
+    run = torch.repeat_interleave(torch.arange(len(starts)), per_run)
+    first = starts[run] + (torch.arange(len(run)) - torch.repeat_interleave(per_run.cumsum(0) - per_run, per_run)) * block_m
+    count = torch.minimum(ends[run] - first, torch.tensor(block_m))
+    tiles = torch.stack([ids[first], first, pos[first], count], 1)
+    return tiles[torch.argsort(-(tiles[:, 2] + tiles[:, 3]), stable=True)].to(torch.int32)
 
 # %% ../nbs/06b_triton_prefill.ipynb #179f2e97
+@triton.jit
+def _attend_block(acc, m_i, l_i, q, K, V, BT, seq, hk, j, kv_end, q_pos, stride_kp, stride_kn, stride_kh, stride_bt, qk_scale,
+                  D: tl.constexpr, P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, DIAGONAL: tl.constexpr):
+    "One block of BLOCK_N keys: scores, online softmax, accumulate. Only diagonal blocks mask."
+    n = j * BLOCK_N + tl.arange(0, BLOCK_N)
+    d = tl.arange(0, D)
+    if DIAGONAL:
+        ok = n < kv_end
+        page = tl.load(BT + seq * stride_bt + n // P, mask=ok, other=0).to(tl.int64)
+    else:
+        page = tl.load(BT + seq * stride_bt + n // P).to(tl.int64)
+    kv_row = page * stride_kp + (n % P) * stride_kn + hk * stride_kh
+    if DIAGONAL:
+        k = tl.load(K + kv_row[:, None] + d[None, :], mask=ok[:, None], other=0.0)
+    else:
+        k = tl.load(K + kv_row[:, None] + d[None, :])
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+    else:
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+    if DIAGONAL:
+        s = tl.where(n[None, :] <= q_pos[:, None], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if DIAGONAL:
+        v = tl.load(V + kv_row[:, None] + d[None, :], mask=ok[:, None], other=0.0)
+    else:
+        v = tl.load(V + kv_row[:, None] + d[None, :])
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i
+
 @triton.jit
 def _prefill_kernel(Q, K, V, O, BT, TILES,
                     stride_qt, stride_qh, stride_kp, stride_kn, stride_kh, stride_bt, sm_scale,
@@ -56,29 +94,12 @@ def _prefill_kernel(Q, K, V, O, BT, TILES,
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     kv_end = p0 + n_q                                   # keys 0 .. kv_end-1 are visible to someone in the tile
     n_free = p0 // BLOCK_N                              # key blocks before the tile's first query: no mask
-    n_all = tl.cdiv(kv_end, BLOCK_N)
-    for j in range(0, n_all):
-        n = j * BLOCK_N + tl.arange(0, BLOCK_N)
-        ok = n < kv_end
-        page = tl.load(BT + seq * stride_bt + n // P, mask=ok, other=0).to(tl.int64)
-        kv_row = page * stride_kp + (n % P) * stride_kn + hk * stride_kh
-        k = tl.load(K + kv_row[:, None] + d[None, :], mask=ok[:, None], other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-        else:
-            s = tl.dot(q, tl.trans(k)) * qk_scale
-        if j >= n_free:                                 # the diagonal blocks: causal mask
-            s = tl.where(n[None, :] <= q_pos[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + kv_row[:, None] + d[None, :], mask=ok[:, None], other=0.0)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+    for j in range(0, n_free):
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, K, V, BT, seq, hk, j, kv_end, q_pos, stride_kp, stride_kn, stride_kh,
+                                      stride_bt, qk_scale, D, P, BLOCK_N, IEEE, False)
+    for j in range(n_free, tl.cdiv(kv_end, BLOCK_N)):
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, K, V, BT, seq, hk, j, kv_end, q_pos, stride_kp, stride_kn, stride_kh,
+                                      stride_bt, qk_scale, D, P, BLOCK_N, IEEE, True)
     out = acc / l_i[:, None]
     tl.store(O + q_ptr, out.to(O.dtype.element_ty), mask=q_ok[:, None])
 
