@@ -107,8 +107,8 @@ def _prefill_kernel(Q, K, V, O, BT, TILES,
 def paged_prefill(q: torch.Tensor,          # [tokens, num_heads, head_dim] packed queries
                   cache: PagedKVCache, layer: int,
                   tiles: torch.Tensor,      # [num_tiles, 4] int32 from `prefill_tiles`, on q's device
-                  scale: float | None = None, block_m: int = 128, block_n: int = 64,
-                  num_warps: int = 8, num_stages: int = 3) -> torch.Tensor:
+                  scale: float | None = None, block_m: int = 64, block_n: int = 64,
+                  num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
     "Causal paged attention for packed prefill chunks (and any decode tokens among them). Returns `[tokens, num_heads, head_dim]`."
     T, H, D = q.shape
     k, v = cache.k[layer], cache.v[layer]                        # [num_pages, page_size, kv_heads, D]
@@ -121,7 +121,7 @@ def paged_prefill(q: torch.Tensor,          # [tokens, num_heads, head_dim] pack
         IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages)
     return out
 
-def triton_paged_prefill(q, cache, layer, seq_ids, positions, scale=None, block_m: int = 128):
+def triton_paged_prefill(q, cache, layer, seq_ids, positions, scale=None, block_m: int = 64):
     "`paged_attention` for packed batches through the Triton prefill kernel."
     if not q.is_contiguous(): q = q.contiguous()
     tiles = prefill_tiles(seq_ids.cpu(), positions.cpu(), block_m).to(q.device)
