@@ -24,7 +24,7 @@ class CacheStats:
     num_seqs: int        # live sequences
     pages_used: int      # distinct pages owned by at least one sequence
     pages_free: int
-    tokens: int          # tokens reserved, summed over sequences
+    tokens: int          # token slots reserved by live sequences (a shared page's slots counted once)
     slots_used: int      # pages_used * page_size
     waste: float         # 1 - tokens / slots_used: slots allocated but holding no token
     bytes_per_page: int  # K and V, all layers
@@ -80,6 +80,29 @@ class PagedKVCache:
         "End `seq_id`: its pages go back to the pool at once (shared pages when their last owner goes)."
         self.allocator.free(self.block_tables.release(seq_id))
 
+    def share(self, seq_id: int, pages: list[int], num_tokens: int) -> None:
+        "Start `seq_id` on existing full `pages` (a cached prefix of `num_tokens` tokens), sharing them by reference count."
+        self.block_tables.check_id(seq_id)
+        if seq_id in self.block_tables: raise ValueError(f"sequence {seq_id} already exists; share() starts a new one")
+        pages = list(pages)
+        if num_tokens != len(pages) * self.page_size:
+            raise ValueError(f"a shared prefix must fill its pages: {len(pages)} page(s) hold {len(pages) * self.page_size} "
+                             f"tokens, got num_tokens={num_tokens}")
+        self.allocator.share(pages)
+        self.block_tables.extend(seq_id, pages, num_tokens)
+
+    def fork(self, src: int, dst: int) -> None:
+        "Make `dst` a copy of `src`: full pages are shared, the last partial page is copied (copy on write, done now)."
+        n, pages = self.length(src), self.pages(src)
+        self.block_tables.check_id(dst)
+        if dst in self.block_tables: raise ValueError(f"sequence {dst} already exists; fork() needs a new id")
+        full = n // self.page_size
+        new = self.allocator.allocate(len(pages) - full, seq_id=dst)      # 0 or 1 page; raises before any change
+        self.allocator.share(pages[:full])
+        if new:
+            self.k[:, new[0]] = self.k[:, pages[full]]; self.v[:, new[0]] = self.v[:, pages[full]]
+        self.block_tables.extend(dst, pages[:full] + new, n)
+
     def slots(self, seq_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         "Physical slots `[tokens]` of (seq_id, position) pairs, on the device, with no checks and no sync."
         return self.block_tables.slots(seq_ids.to(self.device), positions.to(self.device), self.page_size)
@@ -111,7 +134,12 @@ class PagedKVCache:
 
     def stats(self) -> CacheStats:
         "Pages used and free, tokens stored, and the fraction of allocated slots that hold no token."
-        used, tokens = self.allocator.num_used, sum(self.block_tables._lens.values())
+        used, P = self.allocator.num_used, self.page_size
+        filled: dict[int, int] = {}                        # page -> slots holding a token (shared pages counted once)
+        for s in self.block_tables.seq_ids:
+            n = self.block_tables.length(s)
+            for j, p in enumerate(self.block_tables.pages(s)): filled[p] = max(filled.get(p, 0), min(P, n - j * P))
+        tokens = sum(filled.values())
         per_page = 2 * self.num_layers * self.page_size * self.num_kv_heads * self.head_dim * self.k.element_size()
         slots = used * self.page_size
         return CacheStats(len(self.block_tables), used, self.allocator.num_free, tokens, slots,
@@ -145,7 +173,7 @@ class PagedKVCache:
                 f"pages={self.num_pages}x{self.page_size}, dtype={self.dtype}, device={self.device}, "
                 f"seqs={s.num_seqs}, pages_used={s.pages_used}, waste={s.waste:.1%})")
 
-# %% ../nbs/02_cache.ipynb #5aa48a91
+# %% ../nbs/02_cache.ipynb #fd28248f
 def reference_attention(q: torch.Tensor,        # [tokens, num_heads, head_dim]
                         cache: PagedKVCache, layer: int,
                         seq_ids: torch.Tensor,  # [tokens] sequence of each query
