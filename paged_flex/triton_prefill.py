@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 from .cache import PagedKVCache
-from .triton_decode import _interpreter_scalar_loop_bounds
+from .triton_decode import _interpreter_scalar_loop_bounds, check_triton_head_dim
 import os
 if os.environ.get("TRITON_INTERPRET") == "1": _interpreter_scalar_loop_bounds()
 
@@ -74,10 +74,9 @@ def _attend_block(acc, m_i, l_i, q, K, V, BT, seq, hk, j, kv_end, q_pos, stride_
 @triton.jit
 def _prefill_kernel(Q, K, V, O, BT, TILES,
                     stride_qt, stride_qh, stride_kp, stride_kn, stride_kh, stride_bt, sm_scale,
-                    NUM_HEADS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, P: tl.constexpr,
+                    G: tl.constexpr, D: tl.constexpr, P: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
-    pid = tl.program_id(0)
-    h, tile = pid % NUM_HEADS, pid // NUM_HEADS       # heads vary fastest: a tile's heads run together and share K/V in L2
+    tile, h = tl.program_id(0), tl.program_id(1)
     hk = h // G
     seq = tl.load(TILES + tile * 4).to(tl.int64)
     row0 = tl.load(TILES + tile * 4 + 1)
@@ -112,13 +111,14 @@ def paged_prefill(q: torch.Tensor,          # [tokens, num_heads, head_dim] pack
                   num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
     "Causal paged attention for packed prefill chunks (and any decode tokens among them). Returns `[tokens, num_heads, head_dim]`."
     T, H, D = q.shape
+    check_triton_head_dim(D)
     k, v = cache.k[layer], cache.v[layer]                        # [num_pages, page_size, kv_heads, D]
     out = torch.empty_like(q)
     scale = scale if scale is not None else 1.0 / math.sqrt(D)
-    _prefill_kernel[(H * tiles.shape[0],)](
+    _prefill_kernel[(tiles.shape[0], H)](
         q, k, v, out, cache.block_table, tiles,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), cache.block_table.stride(0), scale,
-        NUM_HEADS=H, G=H // cache.num_kv_heads, D=D, P=cache.page_size, BLOCK_M=block_m, BLOCK_N=block_n,
+        G=H // cache.num_kv_heads, D=D, P=cache.page_size, BLOCK_M=block_m, BLOCK_N=block_n,
         IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages)
     return out
 

