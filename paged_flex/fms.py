@@ -34,6 +34,7 @@ class PagedStep:
     slots: torch.Tensor      # [tokens] int64 physical slot its key and value are written to
     meta: StepMetadata       # padded queries, decode flag, BlockMask (flex), longest context
     backend: str             # 'gather', 'flex' or 'triton'
+    tiles: torch.Tensor | None = None  # [num_tiles, 4] int32 query tiles of the Triton prefill kernel
 
 def paged_step(cache: PagedKVCache, seq_ids, positions, backend: str = "auto") -> PagedStep:
     "Check packed (sequence, position) pairs against the block tables; build their slots and attention metadata."
@@ -55,12 +56,17 @@ def paged_step(cache: PagedKVCache, seq_ids, positions, backend: str = "auto") -
         twice = pairs[counts > 1][0].item()
         raise ValueError(f"sequence {twice // span} has position {twice % span} twice in one step")
     decode = len(ids.unique()) == len(ids)                                  # one token per sequence
-    if backend == "auto": backend = ("triton" if decode else "flex") if cache.device.type == "cuda" else "gather"
-    if backend == "triton" and not decode:
-        raise ValueError("backend='triton' takes decode steps only (one token per sequence)")
+    if backend == "auto":
+        from paged_flex.triton_decode import triton_head_dim_ok
+        backend = ("triton" if triton_head_dim_ok(cache.head_dim) else "flex") if cache.device.type == "cuda" else "gather"
+    tiles = None
+    if backend == "triton" and not decode:                                 # built once per step, read by every layer
+        from paged_flex.triton_prefill import prefill_tiles
+        tiles = prefill_tiles(ids, pos, 64)
     ids, pos = ids.long().to(cache.device), pos.long().to(cache.device)
     meta = step_metadata(cache, ids, pos, decode=decode, max_len=int(pos.max()) + 1, block_mask=backend == "flex")
-    return PagedStep(cache, ids, pos, cache.slots(ids, pos), meta, backend)
+    return PagedStep(cache, ids, pos, cache.slots(ids, pos), meta, backend,
+                     None if tiles is None else tiles.to(cache.device))
 
 # %% ../nbs/09_fms.ipynb #70986819
 def paged_kv_states(cache: PagedKVCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -97,8 +103,12 @@ def _attend(query, key_cache, value_cache, nheads, kvheads, p_dropout, scale_fac
     elif step.backend == "flex":
         out = flex_paged_attention(q, cache, layer, step.meta, scale_factor)
     else:
-        from paged_flex.triton_decode import paged_decode                   # needs triton: GPU decode steps only
-        out = paged_decode(q.contiguous(), cache, layer, step.meta.q_seq, step.meta.q_pos, step.meta.max_len, scale_factor)
+        if step.meta.decode:
+            from paged_flex.triton_decode import paged_decode
+            out = paged_decode(q.contiguous(), cache, layer, step.meta.q_seq, step.meta.q_pos, step.meta.max_len, scale_factor)
+        else:
+            from paged_flex.triton_prefill import paged_prefill
+            out = paged_prefill(q.contiguous(), cache, layer, step.tiles, scale_factor)
     return out.unsqueeze(0)                                                  # [1, tokens, heads, head_dim]
 
 def _is_prefill(paged_step: PagedStep, **_) -> bool: return not paged_step.meta.decode

@@ -1,0 +1,88 @@
+"""Workload W1 end to end on the GPU, ours and the peers in one process: a LLaMA-3.2-1B-shaped model (random bf16
+weights, seed 0), 64 requests with prompts uniform in [64, 1024] (random.seed(0)), 128 new tokens each, no early stop.
+Ours: paged_flex.LLM (continuous batching over the paged cache). Peers: HF generate (padded batch), HF generate_batch
+(paged|sdpa, continuous batching), FMS generate (padded, contiguous cache).
+usage: python tools/gpu/e2e_bench.py [ours|peers|all]   (writes $OUT/e2e_w1.json)"""
+import json, os, random, sys, time, datetime, traceback, tempfile
+import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+which = sys.argv[1] if len(sys.argv) > 1 else "all"
+N, NEW, SEED, V = 64, 128, 0, 32000
+random.seed(SEED); torch.manual_seed(SEED)
+lens = [random.randint(64, 1024) for _ in range(N)]
+prompts = [[random.randrange(3, V) for _ in range(l)] for l in lens]
+dev = "cuda"
+out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+       "workload": "W1: LLaMA-3.2-1B shape (vocab 32000, hidden 2048, 16 layers, 32 heads, 8 KV heads, intermediate 8192, tied), "
+                   "random bf16 weights seed 0; 64 requests, prompts uniform [64, 1024] random.seed(0); 128 new tokens each, no early stop",
+       "N": N, "new": NEW, "prompt_tokens": sum(lens), "results": {}}
+def record(name, t, gen, extra=None):
+    r = {"s": t, "gen_tokens": gen, "tok_per_s": gen / t, "peak_GB": torch.cuda.max_memory_allocated() / 1e9}
+    r.update(extra or {}); out["results"][name] = r; print(name, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "timings"}, flush=True)
+from transformers import LlamaConfig, LlamaForCausalLM, GenerationConfig
+cfg = LlamaConfig(vocab_size=V, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                  num_key_value_heads=8, max_position_embeddings=4096, rope_theta=500000.0, tie_word_embeddings=True)
+def hf_model(attn):
+    torch.manual_seed(SEED); cfg._attn_implementation = attn
+    return LlamaForCausalLM(cfg).to(dev, torch.bfloat16).eval()
+
+if which in ("ours", "all"):
+    from paged_flex.engine import LLM, SamplingParams
+    folder = tempfile.mkdtemp()
+    hf_model("sdpa").save_pretrained(folder); torch.cuda.empty_cache()
+    for page in (16,):
+        llm = LLM(folder, page_size=page, dtype=torch.bfloat16, max_num_seqs=64, max_num_batched_tokens=8192)
+        sp = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True)
+        llm.generate(prompts[:4], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True), use_tqdm=False)   # compile / warm up
+        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); t0 = time.time()
+        res = llm.generate(prompts, sp, use_tqdm=False); torch.cuda.synchronize(); t = time.time() - t0
+        st = llm.last_stats
+        record(f"ours_paged_flex_p{page}", t, sum(len(r.token_ids) for r in res),
+               {"steps": st["steps"], "timings": st["timings"], "peak_kv_pages": st["peak_pages"],
+                "kv_GB_used_peak": st["peak_pages"] * llm.cache.stats().bytes_per_page / 1e9, "kv_GB_pool": llm.cache.stats().bytes_total / 1e9})
+        print("time split (s):", {k: round(v, 2) for k, v in st["timings"].items()}, flush=True)
+        del llm, res; torch.cuda.empty_cache()
+
+if which in ("peers", "all"):
+    try:
+        m = hf_model("sdpa")
+        gc = GenerationConfig(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
+        L = max(lens); ids = torch.zeros(N, L, dtype=torch.long); am = torch.zeros(N, L, dtype=torch.long)
+        for i, p in enumerate(prompts): ids[i, L - len(p):] = torch.tensor(p); am[i, L - len(p):] = 1
+        ids, am = ids.to(dev), am.to(dev)
+        with torch.no_grad():
+            m.generate(ids[:2, -64:], attention_mask=am[:2, -64:], generation_config=GenerationConfig(max_new_tokens=4, do_sample=False, pad_token_id=0))
+            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); t0 = time.time()
+            o = m.generate(ids, attention_mask=am, generation_config=gc); torch.cuda.synchronize()
+        record("hf_generate_padded", time.time() - t0, (o.shape[1] - L) * N); del m, o; torch.cuda.empty_cache()
+    except Exception:
+        out["results"]["hf_generate_padded"] = {"error": traceback.format_exc()[-800:]}
+    try:
+        m = hf_model("paged|sdpa")
+        gc = GenerationConfig(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
+        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); t0 = time.time()
+        with torch.no_grad(): r = m.generate_batch(inputs=prompts, generation_config=gc, progress_bar=False)
+        torch.cuda.synchronize()
+        record("hf_generate_batch[paged|sdpa]", time.time() - t0, sum(len(x.generated_tokens) for x in r.values())); del m, r; torch.cuda.empty_cache()
+    except Exception:
+        out["results"]["hf_generate_batch[paged|sdpa]"] = {"error": traceback.format_exc()[-800:]}
+    try:
+        from fms.models.llama import LLaMA, LLaMAConfig
+        from fms.utils.generation import generate
+        torch.manual_seed(SEED)
+        fm = LLaMA(LLaMAConfig(src_vocab_size=V, emb_dim=2048, nheads=32, kvheads=8, nlayers=16, hidden_grow_factor=4.0,
+                               multiple_of=256, max_expected_seq_len=4096, rope_theta=500000.0, tie_heads=True)).to(dev, torch.bfloat16).eval()
+        L = max(lens); ids = torch.zeros(N, L, dtype=torch.long)
+        for i, p in enumerate(prompts): ids[i, L - len(p):] = torch.tensor(p)
+        ids = ids.to(dev)
+        with torch.no_grad():
+            generate(fm, ids[:2, -64:], max_seq_len=4096, max_new_tokens=4, do_sample=False, use_cache=True)
+            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); t0 = time.time()
+            o = generate(fm, ids, max_seq_len=4096, max_new_tokens=NEW, do_sample=False, use_cache=True, contiguous_cache=True)
+            torch.cuda.synchronize()
+        record("fms_generate_padded_contiguous", time.time() - t0, (o.shape[1] - L) * N)
+    except Exception:
+        out["results"]["fms_generate_padded_contiguous"] = {"error": traceback.format_exc()[-800:]}
+json.dump(out, open(os.path.join(os.environ.get("OUT", "."), f"e2e_w1_{which}.json"), "w"), indent=1)
+print("\nname | tok/s | s | peak GB")
+for k, r in out["results"].items(): print(k, "|", f"{r['tok_per_s']:.0f} | {r['s']:.2f} | {r['peak_GB']:.1f}" if "s" in r else r["error"][-300:])
