@@ -15,7 +15,8 @@ from .fms import load_llama, paged_cache_for, paged_step, paged_forward, sample,
 from .block_tables import check_positive_int, check_page_size
 
 # %% auto #0
-__all__ = ['DEFAULT_PAGE_SIZE', 'SamplingParams', 'RequestOutput', 'ModelRunner', 'Sampler', 'kv_bytes_per_page', 'LLM']
+__all__ = ['GRAPH_BATCHES', 'DEFAULT_PAGE_SIZE', 'SamplingParams', 'RequestOutput', 'ModelRunner', 'Sampler', 'DecodeGraph',
+           'kv_bytes_per_page', 'LLM']
 
 # %% ../nbs/11_engine.ipynb #eb38c8e6
 @dataclass
@@ -54,10 +55,17 @@ class RequestOutput:
 # %% ../nbs/11_engine.ipynb #753407a7
 class ModelRunner:
     "Runs FMS's LLaMA on a `StepPlan` over the paged cache; returns logits of the rows that sample."
-    def __init__(self, model, cache: PagedKVCache, backend: str = "auto"):
+    def __init__(self, model, cache: PagedKVCache, backend: str = "auto", cuda_graphs: bool = True):
         self.model, self.cache, self.backend = model, cache, backend
+        self.cuda_graphs = cuda_graphs and cache.device.type == "cuda"
+        self.graphs: dict = {}                     # (batch bucket, context bucket) -> DecodeGraph
+        self.graph_pool = None
+        self.scratch_row = cache.max_seqs - 1      # padding rows of a graph write here (the scheduler never uses it)
+        self._scratch_page = None
 
     def run(self, plan: StepPlan, timings: dict | None = None) -> torch.Tensor:   # [L, vocab]
+        if self.cuda_graphs and plan.is_decode_only and plan.num_tokens <= GRAPH_BATCHES[-1]:
+            return self._run_graph(plan, timings)
         T, L = plan.num_tokens, len(plan.logit_indices)
         rest = torch.ones(T, dtype=torch.bool); rest[plan.logit_indices] = False
         order = torch.cat([rest.nonzero().squeeze(1), plan.logit_indices])           # rows that sample go last
@@ -69,7 +77,6 @@ class ModelRunner:
             if self.cache.device.type == "cuda": torch.cuda.synchronize()
             timings["metadata"] += t1 - t0; timings["model"] += time.perf_counter() - t1
         return logits[logits.shape[0] - L:]
-
 class Sampler:
     "Next tokens for the rows of a step: greedy rows together, sampled rows each with its request's generator."
     def __init__(self): self.generators: dict = {}
@@ -90,6 +97,78 @@ class Sampler:
         return out
 
 # %% ../nbs/11_engine.ipynb #cb50bee8
+GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+@dataclass
+class DecodeGraph:
+    "A captured decode step and its static inputs and output."
+    graph: torch.cuda.CUDAGraph
+    tokens: torch.Tensor     # [B] int64
+    seq_ids: torch.Tensor    # [B] int64
+    positions: torch.Tensor  # [B] int64
+    logits: torch.Tensor     # [B, vocab]
+
+def _graph_buckets(batch: int, context: int) -> tuple[int, int]:
+    "The captured batch size and context bucket a decode step of `batch` sequences and longest `context` runs in."
+    b = next(g for g in GRAPH_BATCHES if g >= batch)
+    return b, max(256, 1 << max(0, context - 1).bit_length())
+
+def _ensure_scratch(runner: ModelRunner) -> None:
+    "One page on a row the scheduler never uses: where padding rows of a graph read and write."
+    if runner._scratch_page is None:
+        c = runner.cache
+        runner._scratch_page = c.allocator.allocate(1)[0]
+        c.block_table[runner.scratch_row, 0] = runner._scratch_page
+        c.page_logical[runner._scratch_page] = 0
+
+def _capture(runner: ModelRunner, batch: int, context: int) -> DecodeGraph:
+    c, dev = runner.cache, runner.cache.device
+    from paged_flex.fms import PagedStep
+    from paged_flex.attention import StepMetadata
+    tokens = torch.zeros(batch, dtype=torch.long, device=dev)
+    ids = torch.full((batch,), runner.scratch_row, dtype=torch.long, device=dev)
+    pos = torch.zeros(batch, dtype=torch.long, device=dev)
+    slots = torch.zeros(batch, dtype=torch.long, device=dev)
+    q_seq, q_pos = torch.zeros(batch, dtype=torch.int32, device=dev), torch.zeros(batch, dtype=torch.int32, device=dev)
+    step = PagedStep(c, ids, pos, slots, StepMetadata(q_seq, q_pos, batch, True, None, context), "triton")
+    def forward():
+        slots.copy_(c.block_tables.slots(ids, pos, c.page_size)); q_seq.copy_(ids); q_pos.copy_(pos)
+        return paged_forward(runner.model, tokens, step, last_n_tokens=batch)
+    s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2): forward()                                    # compile kernels, fill caches
+    torch.cuda.current_stream().wait_stream(s)
+    if runner.graph_pool is None: runner.graph_pool = torch.cuda.graph_pool_handle()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, pool=runner.graph_pool): logits = forward()
+    return DecodeGraph(g, tokens, ids, pos, logits)
+
+def _run_graph(self: ModelRunner, plan: StepPlan, timings: dict | None = None) -> torch.Tensor:
+    "A decode-only step through a captured graph (captured on first use of its buckets)."
+    B = plan.num_tokens
+    key = _graph_buckets(B, plan.max_context_len)
+    t0 = time.perf_counter()
+    if key not in self.graphs:
+        _ensure_scratch(self)
+        try: self.graphs[key] = _capture(self, *key)
+        except Exception as e:                                          # e.g. a host sync inside the model
+            print(f"paged_flex: decode CUDA graphs disabled ({type(e).__name__}: {str(e)[:120]})")
+            self.cuda_graphs = False
+            return ModelRunner.run(self, plan, timings)
+    g = self.graphs[key]
+    g.tokens[:B].copy_(plan.token_ids, non_blocking=True); g.seq_ids[:B].copy_(plan.seq_ids, non_blocking=True)
+    g.positions[:B].copy_(plan.positions, non_blocking=True)
+    g.seq_ids[B:] = self.scratch_row; g.positions[B:] = 0; g.tokens[B:] = 0
+    t1 = time.perf_counter()
+    g.graph.replay()
+    if timings is not None:
+        torch.cuda.synchronize()
+        timings["metadata"] += t1 - t0; timings["model"] += time.perf_counter() - t1
+    return g.logits[:B]
+
+ModelRunner._run_graph = _run_graph
+
+# %% ../nbs/11_engine.ipynb #5fc8da15
 DEFAULT_PAGE_SIZE = 16   # notebook 07: decode speed flat over 16-128 on the H100, waste lowest at 16
 
 def kv_bytes_per_page(model, page_size: int, dtype: torch.dtype) -> int:
@@ -102,7 +181,7 @@ class LLM:
     def __init__(self, model_path=None, page_size: int | None = None, kv_cache_memory: int | None = None,
                  max_num_seqs: int | None = None, device=None, dtype: torch.dtype | None = None,
                  max_num_batched_tokens: int | None = None, enable_prefix_caching: bool = True,
-                 max_seq_len: int | None = None, backend: str = "auto"):
+                 max_seq_len: int | None = None, backend: str = "auto", cuda_graphs: bool = True):
         if model_path is None:
             from paged_flex.assets import smollm2_folder
             model_path = smollm2_folder()
@@ -116,11 +195,11 @@ class LLM:
         if num_pages < 1: raise ValueError(f"kv_cache_memory={kv_cache_memory} bytes is less than one page ({per_page} bytes)")
         max_num_seqs = max_num_seqs or (256 if self.device.type == "cuda" else 32)
         max_seq_len = max_seq_len or self.model.config.max_expected_seq_len
-        self.cache = paged_cache_for(self.model, num_pages, self.page_size, max_seqs=max_num_seqs, max_seq_len=max_seq_len)
+        self.cache = paged_cache_for(self.model, num_pages, self.page_size, max_seqs=max_num_seqs + 1, max_seq_len=max_seq_len)
         self.scheduler_config = SchedulerConfig(max_num_seqs=max_num_seqs,
                                                 max_num_batched_tokens=max(max_num_batched_tokens or 4096, max_num_seqs),
                                                 enable_prefix_caching=enable_prefix_caching, page_size=self.page_size)
-        self.runner = ModelRunner(self.model, self.cache, backend)
+        self.runner = ModelRunner(self.model, self.cache, backend, cuda_graphs)
         self.eos_id = getattr(self.tokenizer, "eos_token_id", None)
         self.last_stats: dict = {}
 

@@ -30,14 +30,17 @@ if which in ("ours", "all"):
     from paged_flex.engine import LLM, SamplingParams
     folder = tempfile.mkdtemp()
     hf_model("sdpa").save_pretrained(folder); torch.cuda.empty_cache()
-    for page in (16,):
-        llm = LLM(folder, page_size=page, dtype=torch.bfloat16, max_num_seqs=64, max_num_batched_tokens=8192)
+    check = None
+    for page, graphs in ((16, False), (16, True)):
+        llm = LLM(folder, page_size=page, dtype=torch.bfloat16, max_num_seqs=64, max_num_batched_tokens=8192, cuda_graphs=graphs)
         sp = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True)
-        llm.generate(prompts[:4], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True), use_tqdm=False)   # compile / warm up
+        warm = llm.generate(prompts, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True), use_tqdm=False)   # compile, capture
+        if check is None: check = [w.token_ids for w in warm]
+        else: out["graph_vs_eager_same_tokens"] = check == [w.token_ids for w in warm]; print("graph == eager:", out["graph_vs_eager_same_tokens"])
         torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); t0 = time.time()
         res = llm.generate(prompts, sp, use_tqdm=False); torch.cuda.synchronize(); t = time.time() - t0
         st = llm.last_stats
-        record(f"ours_paged_flex_p{page}", t, sum(len(r.token_ids) for r in res),
+        record(f"ours_paged_flex_p{page}" + ("_cudagraphs" if graphs else "_eager"), t, sum(len(r.token_ids) for r in res),
                {"steps": st["steps"], "timings": st["timings"], "peak_kv_pages": st["peak_pages"],
                 "kv_GB_used_peak": st["peak_pages"] * llm.cache.stats().bytes_per_page / 1e9, "kv_GB_pool": llm.cache.stats().bytes_total / 1e9})
         print("time split (s):", {k: round(v, 2) for k, v in st["timings"].items()}, flush=True)
