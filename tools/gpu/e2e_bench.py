@@ -30,6 +30,16 @@ if which in ("ours", "all"):
     from paged_flex.engine import LLM, SamplingParams
     folder = tempfile.mkdtemp()
     hf_model("sdpa").save_pretrained(folder); torch.cuda.empty_cache()
+    # graphs must not change results: fp32 copy of the model, 16 prompts, 24 greedy tokens, graphs on vs off
+    f32 = tempfile.mkdtemp(); torch.manual_seed(SEED); cfg._attn_implementation = "sdpa"
+    LlamaForCausalLM(cfg).to(torch.float32).save_pretrained(f32)
+    toks = {}
+    for graphs in (False, True):
+        llm = LLM(f32, dtype=torch.float32, max_num_seqs=16, kv_cache_memory=8 * 2**30, cuda_graphs=graphs)
+        toks[graphs] = [r.token_ids for r in llm.generate(prompts[:16], SamplingParams(max_tokens=24, temperature=0, ignore_eos=True), use_tqdm=False)]
+        del llm; torch.cuda.empty_cache()
+    out["graphs_equal_eager_fp32"] = toks[True] == toks[False]
+    print("fp32: graph tokens == eager tokens:", out["graphs_equal_eager_fp32"], flush=True)
     check = None
     for page, graphs in ((16, False), (16, True)):
         llm = LLM(folder, page_size=page, dtype=torch.bfloat16, max_num_seqs=64, max_num_batched_tokens=8192, cuda_graphs=graphs)
