@@ -103,8 +103,9 @@ def token_nll(model, token_ids, windows: list[Window], paged: bool = True, chunk
             for w in windows: out.append(_contiguous_nll(model, ids, w)); bar.update()
             return torch.cat(out)
         longest = max(w.end - 1 - w.begin for w in windows)
-        cache = cache or paged_cache_for(model, num_pages=batch * pages_needed(longest, 16), page_size=16,
-                                         max_seqs=batch, max_seq_len=longest)
+        if cache is None:
+            cache = paged_cache_for(model, num_pages=batch * pages_needed(longest, 16), page_size=16, max_seqs=batch,
+                                    max_seq_len=longest)
         for g in range(0, len(windows), batch):
             out += _paged_nll(model, ids, windows[g:g + batch], cache, chunk, backend); bar.update(len(windows[g:g + batch]))
         return torch.cat(out)
