@@ -29,7 +29,7 @@ SHAPES = {   # Hugging Face LlamaConfig fields of each random model
     "tiny": dict(vocab_size=300, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, tie_word_embeddings=False),
 }
-METHODS = ("paged", "contiguous", "no_cache")
+METHODS = ("paged", "contiguous", "no_cache")    # plus "paged_graphs": the paged step replayed as a CUDA graph (the engine's decode)
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -115,8 +115,8 @@ def prefill(model, cache, tokens: torch.Tensor, chunk: int) -> None:
 def paged_latency(model, tokens: torch.Tensor, context: int, cfg: BenchConfig) -> tuple[dict, torch.Tensor, object]:
     "Time decode over a paged cache holding `context` tokens of each row of `tokens`; also the first step's logits and the cache."
     B, device = tokens.shape[0], next(model.parameters()).device
-    total = context + cfg.warmup + cfg.steps
-    cache = paged_cache_for(model, B * pages_needed(total, cfg.page_size), cfg.page_size, max_seqs=B, max_seq_len=total)
+    total = context + 2 * (cfg.warmup + cfg.steps)                         # eager steps, then graph-replayed steps
+    cache = paged_cache_for(model, B * pages_needed(total, cfg.page_size) + 1, cfg.page_size, max_seqs=B + 1, max_seq_len=total)
     prefill(model, cache, tokens[:, :context], cfg.prefill_chunk)
     seqs, state = list(range(B)), {"tok": tokens[:, context].tolist()}
     def step(i):
@@ -131,6 +131,20 @@ def paged_latency(model, tokens: torch.Tensor, context: int, cfg: BenchConfig) -
     res = time_steps(step, device, cfg.warmup, cfg.steps)
     st = cache.stats()
     res.update(peak_GB=_peak_GB(device), cache_GB=st.bytes_used / 1e9, pool_GB=st.bytes_total / 1e9)
+    if device.type == "cuda":                                              # the same decode, replayed as a CUDA graph
+        from paged_flex.engine import ModelRunner, _ensure_scratch, _capture, _graph_buckets
+        runner = ModelRunner(model, cache)
+        _ensure_scratch(runner)
+        g = _capture(runner, *_graph_buckets(B, total))
+        base = context + cfg.warmup + cfg.steps
+        def gstep(i):
+            n = base + i
+            for s in seqs: cache.reserve(s, n + 1)
+            g.tokens.copy_(torch.tensor(state["tok"])); g.seq_ids.copy_(torch.arange(B)); g.positions.fill_(n)
+            t_meta = time.perf_counter(); g.graph.replay(); t_issue = time.perf_counter()
+            state["tok"] = g.logits.argmax(-1).tolist()
+            return t_meta, t_issue
+        res["graphs"] = time_steps(gstep, device, cfg.warmup, cfg.steps)
     return res, state["first"], cache
 
 def contiguous_from_paged(cache, batch: int, context: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -202,7 +216,9 @@ def sweep(name: str, model, cfg: BenchConfig, deadline: float = float("inf"), lo
             else:
                 try:
                     res, first, cache = paged_latency(model, tokens, L, cfg)
+                    graphs = res.pop("graphs", None)
                     add(Row(name, B, L, "paged", "ok", **res))
+                    if graphs: add(Row(name, B, L, "paged_graphs", "ok", **graphs))
                 except Exception as e:
                     add(Row(name, B, L, "paged", "error", reason=_err(e))); cache = None
                 if cache is None: skip("contiguous", "no paged cache to copy from")
