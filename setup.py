@@ -6,9 +6,8 @@ import setuptools
 cfg = ConfigParser(delimiters=['='])
 cfg.read(Path(__file__).parent / 'settings.ini', encoding='utf-8')
 c = cfg['DEFAULT']
-licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
+licenses = {'apache2': 'Apache-2.0'}   # SPDX expression (license classifiers are deprecated)
 statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable', '6 - Mature', '7 - Inactive']
-lic = licenses[c['license']]
 readme = Path(__file__).parent / 'README.md'
 
 setuptools.setup(
@@ -19,11 +18,12 @@ setuptools.setup(
     long_description_content_type='text/markdown',
     author=c['author'],
     author_email=c['author_email'],
-    license=lic[0],
+    license=licenses[c['license']],
+    license_files=['LICENSE'],
     url=c['git_url'],
     keywords=c['keywords'].split(),
     classifiers=['Development Status :: ' + statuses[int(c['status'])], 'Intended Audience :: ' + c['audience'].title(),
-                 'License :: ' + lic[1], 'Natural Language :: ' + c['language'].title(),
+                 'Natural Language :: ' + c['language'].title(),
                  'Programming Language :: Python :: 3.11', 'Programming Language :: Python :: 3.12'],
     packages=setuptools.find_packages(include=[c['lib_path'], c['lib_path'] + '.*']),
     include_package_data=True,
