@@ -5,6 +5,7 @@ import json, math, os, random, sys, time, datetime, warnings
 import torch, torch.nn.functional as F
 from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from common import scattered_decode_case
 from paged_flex.cache import PagedKVCache, reference_attention
 from paged_flex.attention import random_case, poison, step_metadata, flex_paged_attention, paged_attention
 from paged_flex.triton_decode import paged_decode
@@ -84,15 +85,7 @@ for P in pages:
         torch.manual_seed(0); random.seed(0)
         kv_bytes = 2 * B * L * HKV * D * 2
         r = {"page": P, "B": B, "L": L, "kv_MB": kv_bytes / 1e6, "floor_us": kv_bytes / (copy_tbs * 1e12) * 1e6}
-        q = torch.randn(B, HQ, D, device=dev, dtype=dt)
-        k = torch.randn(B, HKV, L, D, device=dev, dtype=dt); v = torch.randn_like(k)
-        n_pages = (B * L // P) * 5 // 4
-        cache = PagedKVCache(1, HKV, D, n_pages, P, dtype=dt, device=dev, max_seqs=max(B, 16), max_seq_len=L)
-        cache.allocator._free = random.sample(range(n_pages), n_pages)
-        for b in range(B): cache.reserve(b, L)
-        ids = torch.arange(B, device=dev).repeat_interleave(L); posn = torch.arange(L, device=dev).repeat(B)
-        cache.write(0, cache.slots(ids, posn), k.transpose(1, 2).reshape(-1, HKV, D), v.transpose(1, 2).reshape(-1, HKV, D))
-        seq = torch.arange(B, device=dev, dtype=torch.int32); last = torch.full((B,), L - 1, device=dev, dtype=torch.int32)
+        q, k, v, cache, seq, last = scattered_decode_case(B, L, P, HQ, HKV, D, dt, dev)
         sdpa = lambda: F.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa=True)
         ref = sdpa().squeeze(2).float()
         def entry(name, fn, out=None):
@@ -120,7 +113,7 @@ for P in pages:
         r["flex_metadata_us"] = meta_us
         rows.append(r)
         log(P, B, L, {k_: (round(x["us"], 1) if isinstance(x, dict) and "us" in x else x) for k_, x in r.items() if k_ in ("sdpa_contig", "ours_triton", "ours_flex", "flex_metadata_us")})
-        del q, k, v, cache, ids, posn; torch.cuda.empty_cache()
+        del q, k, v, cache; torch.cuda.empty_cache()
 res["decode"] = rows
 
 # ---------------------------------------------------------------- peers: torch PagedAttention + flex (same run)

@@ -6,6 +6,7 @@ import json, os, random, sys, datetime
 import torch, torch.nn.functional as F
 from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from common import scattered_decode_case
 from paged_flex.cache import PagedKVCache
 from paged_flex.triton_decode import paged_decode
 dev, dt, HQ, HKV, D = "cuda", torch.bfloat16, 32, 8, 128
@@ -26,15 +27,7 @@ for P in (16, 32, 64, 128):
     for B, L in [(8, 1024), (32, 4096), (8, 16384), (64, 2048), (1, 32768), (128, 1024)]:
         random.seed(0); torch.manual_seed(0)
         kv_bytes = 2 * B * L * HKV * D * 2
-        q = torch.randn(B, HQ, D, device=dev, dtype=dt)
-        k = torch.randn(B, HKV, L, D, device=dev, dtype=dt); v = torch.randn_like(k)
-        n_pages = (B * L // P) * 5 // 4
-        cache = PagedKVCache(1, HKV, D, n_pages, P, dtype=dt, device=dev, max_seqs=max(B, 16), max_seq_len=L)
-        cache.allocator._free = random.sample(range(n_pages), n_pages)
-        for b in range(B): cache.reserve(b, L)
-        ids = torch.arange(B, device=dev).repeat_interleave(L); posn = torch.arange(L, device=dev).repeat(B)
-        cache.write(0, cache.slots(ids, posn), k.transpose(1, 2).reshape(-1, HKV, D), v.transpose(1, 2).reshape(-1, HKV, D))
-        seq = torch.arange(B, device=dev, dtype=torch.int32); last = torch.full((B,), L - 1, device=dev, dtype=torch.int32)
+        q, k, v, cache, seq, last = scattered_decode_case(B, L, P, HQ, HKV, D, dt, dev)
         g_sdpa, o_sdpa = graphed(lambda: F.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa=True))
         g_ours, o_ours = graphed(lambda: paged_decode(q, cache, 0, seq, last, max_len=L))
         g_sdpa.replay(); g_ours.replay(); torch.cuda.synchronize()

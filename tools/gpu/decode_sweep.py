@@ -4,6 +4,7 @@ import itertools, json, os, random, sys, datetime
 import torch, torch.nn.functional as F
 from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from common import scattered_decode_case
 from paged_flex.cache import PagedKVCache
 from paged_flex.triton_decode import paged_decode, num_splits_for
 dev, dt, HQ, HKV, D = "cuda", torch.bfloat16, 32, 8, 128
@@ -11,15 +12,7 @@ out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date
 sms = torch.cuda.get_device_properties(0).multi_processor_count
 for P, B, L in [(16, 1, 32768), (64, 1, 32768), (16, 8, 1024), (64, 8, 1024), (16, 32, 4096), (16, 8, 16384)]:
     random.seed(0); torch.manual_seed(0)
-    q = torch.randn(B, HQ, D, device=dev, dtype=dt)
-    k = torch.randn(B, HKV, L, D, device=dev, dtype=dt); v = torch.randn_like(k)
-    n_pages = (B * L // P) * 5 // 4
-    cache = PagedKVCache(1, HKV, D, n_pages, P, dtype=dt, device=dev, max_seqs=max(B, 16), max_seq_len=L)
-    cache.allocator._free = random.sample(range(n_pages), n_pages)
-    for b in range(B): cache.reserve(b, L)
-    ids = torch.arange(B, device=dev).repeat_interleave(L); posn = torch.arange(L, device=dev).repeat(B)
-    cache.write(0, cache.slots(ids, posn), k.transpose(1, 2).reshape(-1, HKV, D), v.transpose(1, 2).reshape(-1, HKV, D))
-    seq = torch.arange(B, device=dev, dtype=torch.int32); last = torch.full((B,), L - 1, device=dev, dtype=torch.int32)
+    q, k, v, cache, seq, last = scattered_decode_case(B, L, P, HQ, HKV, D, dt, dev)
     ref = F.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa=True).squeeze(2)
     sdpa = do_bench(lambda: F.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa=True), warmup=25, rep=100, return_mode="median") * 1e3
     res = []
