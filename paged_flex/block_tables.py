@@ -42,7 +42,8 @@ class BlockTables:
         num_pages = check_positive_int("num_pages", max_seqs * max_pages_per_seq if num_pages is None else num_pages)
         self.max_seqs, self.max_pages_per_seq = max_seqs, max_pages_per_seq
         self.table = torch.zeros(max_seqs, max_pages_per_seq, dtype=torch.int32, device=device)  # [max_seqs, max_pages_per_seq]
-        self.seq_lens = torch.zeros(max_seqs, dtype=torch.int32, device=device)                  # [max_seqs] reserved tokens
+        self._seq_lens = torch.zeros(max_seqs, dtype=torch.int32, device=device)                 # [max_seqs] reserved tokens
+        self._lens_stale = False
         self.page_logical = torch.zeros(num_pages, dtype=torch.int32, device=device)             # [num_pages] logical index of each page
         self._pages: dict[int, list[int]] = {}   # host mirror: seq_id -> its physical pages, in logical order
         self._lens: dict[int, int] = {}          # host mirror of seq_lens
@@ -79,15 +80,24 @@ class BlockTables:
             self.page_logical[new.long().to(self.table.device)] = torch.arange(start, start + len(new_pages), dtype=torch.int32, device=self.table.device)
             pages.extend(new_pages)
         if self._lens.get(seq_id) != new_len:
-            self.seq_lens[seq_id] = new_len
             self._lens[seq_id] = new_len
+            self._lens_stale = True
 
     def release(self, seq_id) -> list[int]:
         "Forget `seq_id`; return the pages it owned."
         pages = self._pages.pop(self.check_known(seq_id))
         del self._lens[seq_id]
-        self.seq_lens[seq_id] = 0
+        self._lens_stale = True
         return pages
+
+    @property
+    def seq_lens(self) -> torch.Tensor:
+        "`[max_seqs]` int32 reserved tokens per sequence on the device, refreshed from the host mirror when read."
+        if self._lens_stale:
+            lens = torch.zeros(self.max_seqs, dtype=torch.int32)
+            if self._lens: lens[list(self._lens)] = torch.tensor(list(self._lens.values()), dtype=torch.int32)
+            self._seq_lens.copy_(lens); self._lens_stale = False
+        return self._seq_lens
 
     def slots(self, seq_ids: torch.Tensor, positions: torch.Tensor, page_size: int) -> torch.Tensor:
         "Physical slots of (seq_id, position) pairs: one gather on the device."
