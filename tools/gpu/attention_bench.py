@@ -5,7 +5,7 @@ import json, math, os, random, sys, time, datetime, warnings
 import torch, torch.nn.functional as F
 from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from common import scattered_decode_case
+from common import scattered_decode_case, packed_prefill_case
 from paged_flex.cache import PagedKVCache, reference_attention
 from paged_flex.attention import random_case, poison, step_metadata, flex_paged_attention, paged_attention
 from paged_flex.triton_decode import paged_decode
@@ -148,18 +148,8 @@ for P in pages:
 res["peer_torch_paged_flex"] = peer_rows
 
 # ---------------------------------------------------------------- prefill
-random.seed(0)
-lens = [random.randint(128, 4096) for _ in range(16)]
+lens, starts, q, k, v, sdpa_per_seq, (qp, kp, vp) = packed_prefill_case(HQ, HKV, D, dt, dev)
 T = sum(lens); pre = {"lens": lens, "tokens": T}
-q = torch.randn(T, HQ, D, device=dev, dtype=dt); k = torch.randn(T, HKV, D, device=dev, dtype=dt); v = torch.randn_like(k)
-starts = [sum(lens[:i]) for i in range(16)]
-def sdpa_per_seq():
-    return [F.scaled_dot_product_attention(q[s:s + n].transpose(0, 1)[None], k[s:s + n].transpose(0, 1)[None], v[s:s + n].transpose(0, 1)[None],
-                                           is_causal=True, enable_gqa=True) for s, n in zip(starts, lens)]
-Lm = max(lens)
-qp = torch.zeros(16, HQ, Lm, D, device=dev, dtype=dt); kp = torch.zeros(16, HKV, Lm, D, device=dev, dtype=dt); vp = torch.zeros_like(kp)
-for i, (s, n) in enumerate(zip(starts, lens)):
-    qp[i, :, :n] = q[s:s + n].transpose(0, 1); kp[i, :, :n] = k[s:s + n].transpose(0, 1); vp[i, :, :n] = v[s:s + n].transpose(0, 1)
 pre["sdpa_per_seq_us"] = bench(sdpa_per_seq)
 pre["sdpa_padded_us"] = bench(lambda: F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=True))
 ref = torch.cat([o[0].transpose(0, 1) for o in sdpa_per_seq()]).float()

@@ -17,3 +17,22 @@ def scattered_decode_case(B: int, L: int, P: int, hq: int, hkv: int, d: int, dty
     cache.write(0, cache.slots(ids, pos), k.transpose(1, 2).reshape(-1, hkv, d), v.transpose(1, 2).reshape(-1, hkv, d))
     seq = torch.arange(B, device=device, dtype=torch.int32); last = torch.full((B,), L - 1, device=device, dtype=torch.int32)
     return q, k, v, cache, seq, last
+
+def packed_prefill_case(hq: int, hkv: int, d: int, dtype, device, n: int = 16, lo: int = 128, hi: int = 4096, seed: int = 0):
+    """The prefill workload: `n` sequences of lengths uniform in [lo, hi] (random.seed(seed)), packed q [T, hq, d] and
+    k, v [T, hkv, d]; `sdpa_per_seq()` runs SDPA once per sequence (causal, GQA) and `padded` holds the same data as
+    one zero-padded [n, heads, longest, d] batch. Returns (lens, starts, q, k, v, sdpa_per_seq, padded)."""
+    import torch.nn.functional as F
+    random.seed(seed); torch.manual_seed(seed)
+    lens = [random.randint(lo, hi) for _ in range(n)]
+    T, starts = sum(lens), [sum(lens[:i]) for i in range(n)]
+    q = torch.randn(T, hq, d, device=device, dtype=dtype); k = torch.randn(T, hkv, d, device=device, dtype=dtype); v = torch.randn_like(k)
+    def sdpa_per_seq():
+        return [F.scaled_dot_product_attention(q[s:s + m].transpose(0, 1)[None], k[s:s + m].transpose(0, 1)[None],
+                                               v[s:s + m].transpose(0, 1)[None], is_causal=True, enable_gqa=True)
+                for s, m in zip(starts, lens)]
+    L = max(lens)
+    qp = torch.zeros(n, hq, L, d, device=device, dtype=dtype); kp = torch.zeros(n, hkv, L, d, device=device, dtype=dtype); vp = torch.zeros_like(kp)
+    for i, (s, m) in enumerate(zip(starts, lens)):
+        qp[i, :, :m] = q[s:s + m].transpose(0, 1); kp[i, :, :m] = k[s:s + m].transpose(0, 1); vp[i, :, :m] = v[s:s + m].transpose(0, 1)
+    return lens, starts, q, k, v, sdpa_per_seq, (qp, kp, vp)

@@ -5,6 +5,7 @@ import itertools, json, os, random, sys, datetime, warnings
 import torch, torch.nn.functional as F
 from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from common import packed_prefill_case
 from paged_flex.cache import PagedKVCache, reference_attention
 from paged_flex.attention import random_case, poison, paged_attention
 from paged_flex.triton_prefill import paged_prefill, prefill_tiles
@@ -32,18 +33,8 @@ res["correctness"] = {"cases": len(checks), "failed": [c for c in checks if not 
                       "max_rel_err": {d: max(c["rel_err"] for c in checks if c["dtype"] == d) for d in {c["dtype"] for c in checks}}}
 print("correctness", res["correctness"]["cases"], "cases", len(res["correctness"]["failed"]), "failed", res["correctness"]["max_rel_err"], flush=True)
 # benchmark
-random.seed(0)
-lens = [random.randint(128, 4096) for _ in range(16)]
-T = sum(lens); starts = [sum(lens[:i]) for i in range(16)]
-torch.manual_seed(0)
-q = torch.randn(T, HQ, D, device=dev, dtype=dt); k = torch.randn(T, HKV, D, device=dev, dtype=dt); v = torch.randn_like(k)
-def sdpa_per_seq():
-    return [F.scaled_dot_product_attention(q[s:s + n].transpose(0, 1)[None], k[s:s + n].transpose(0, 1)[None], v[s:s + n].transpose(0, 1)[None],
-                                           is_causal=True, enable_gqa=True) for s, n in zip(starts, lens)]
-Lm = max(lens)
-qp = torch.zeros(16, HQ, Lm, D, device=dev, dtype=dt); kp = torch.zeros(16, HKV, Lm, D, device=dev, dtype=dt); vp = torch.zeros_like(kp)
-for i, (s, n) in enumerate(zip(starts, lens)):
-    qp[i, :, :n] = q[s:s + n].transpose(0, 1); kp[i, :, :n] = k[s:s + n].transpose(0, 1); vp[i, :, :n] = v[s:s + n].transpose(0, 1)
+lens, starts, q, k, v, sdpa_per_seq, (qp, kp, vp) = packed_prefill_case(HQ, HKV, D, dt, dev)
+T = sum(lens)
 bench = lambda fn: do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
 ref = torch.cat([o[0].transpose(0, 1) for o in sdpa_per_seq()]).float()
 flops = sum(4 * n * (n + 1) / 2 * HQ * D for n in lens)
