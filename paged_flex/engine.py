@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 from .cache import PagedKVCache, default_device
 from .scheduler import Scheduler, SchedulerConfig, Sequence, StepPlan
-from .fms import load_llama, paged_cache_for, paged_step, paged_forward, sample, model_kv_shape
+from .fms import load_llama, paged_cache_for, paged_step, paged_forward, sample, model_kv_shape, _check_sampling, _encode
 from .block_tables import check_positive_int, check_page_size
 
 # %% auto #0
@@ -33,11 +33,8 @@ class SamplingParams:
 
     def __post_init__(self):
         check_positive_int("max_tokens", self.max_tokens)
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1): raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if self.top_k == -1: self.top_k = None
-        if self.top_k is not None: check_positive_int("top_k", self.top_k)
+        _check_sampling(self.temperature, self.top_k, self.top_p)
         if isinstance(self.stop, str): self.stop = [self.stop]
         if self.stop is not None and (not all(isinstance(s, str) and s for s in self.stop)):
             raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")
@@ -70,7 +67,7 @@ class ModelRunner:
         rest = torch.ones(T, dtype=torch.bool); rest[plan.logit_indices] = False
         order = torch.cat([rest.nonzero().squeeze(1), plan.logit_indices])           # rows that sample go last
         t0 = time.perf_counter()
-        step = paged_step(self.cache, plan.seq_ids[order], plan.positions[order], self.backend)
+        step = paged_step(self.cache, plan.seq_ids[order], plan.positions[order], self.backend, check=False)  # the plan is valid by construction
         t1 = time.perf_counter()
         logits = paged_forward(self.model, plan.token_ids[order], step, last_n_tokens=max(L, 1))
         if timings is not None:
@@ -215,16 +212,9 @@ class LLM:
                 f"max_num_seqs={self.cache.max_seqs}, kv={self.cache.stats().bytes_total / 2**30:.2f} GiB)")
 
     def _encode(self, prompts) -> list[list[int]]:
+        "One prompt or a list of them (strings or token ids) as token-id lists."
         if isinstance(prompts, (str, torch.Tensor)) or (prompts and isinstance(prompts[0], int)): prompts = [prompts]
-        out = []
-        for i, p in enumerate(prompts):
-            if isinstance(p, str):
-                if self.tokenizer is None: raise ValueError("string prompts need a model folder with a tokenizer")
-                p = self.tokenizer(p)["input_ids"]
-            p = [int(t) for t in p]
-            if not p: raise ValueError(f"prompt {i} is empty")
-            out.append(p)
-        return out
+        return _encode(prompts, self.tokenizer)
 
     def _requests(self, prompts, sampling_params) -> list[Sequence]:
         ids = self._encode(prompts)

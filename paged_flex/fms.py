@@ -36,15 +36,8 @@ class PagedStep:
     backend: str             # 'gather', 'flex' or 'triton'
     tiles: torch.Tensor | None = None  # [num_tiles, 4] int32 query tiles of the Triton prefill kernel
 
-def paged_step(cache: PagedKVCache, seq_ids, positions, backend: str = "auto") -> PagedStep:
-    "Check packed (sequence, position) pairs against the block tables; build their slots and attention metadata."
-    ids, pos = torch.as_tensor(seq_ids).cpu(), torch.as_tensor(positions).cpu()
-    if ids.ndim != 1 or pos.shape != ids.shape or len(ids) == 0:
-        raise ValueError(f"seq_ids and positions must be 1-D, non-empty and of one length, got shapes "
-                         f"{list(ids.shape)} and {list(pos.shape)}")
-    if ids.is_floating_point() or pos.is_floating_point() or torch.bool in (ids.dtype, pos.dtype):
-        raise ValueError(f"seq_ids and positions must be integers, got {ids.dtype} and {pos.dtype}")
-    if backend not in BACKENDS: raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+def _check_positions(cache: PagedKVCache, ids: torch.Tensor, pos: torch.Tensor) -> None:
+    "Every position reserved for its sequence, and no (sequence, position) twice."
     for s in ids.unique().tolist():
         p, n = pos[ids == s], cache.length(s)                              # KeyError for an unknown sequence
         if p.min() < 0 or p.max() >= n:
@@ -55,6 +48,17 @@ def paged_step(cache: PagedKVCache, seq_ids, positions, backend: str = "auto") -
     if (counts > 1).any():
         twice = pairs[counts > 1][0].item()
         raise ValueError(f"sequence {twice // span} has position {twice % span} twice in one step")
+
+def paged_step(cache: PagedKVCache, seq_ids, positions, backend: str = "auto", check: bool = True) -> PagedStep:
+    "Check packed (sequence, position) pairs against the block tables; build their slots and attention metadata."
+    ids, pos = torch.as_tensor(seq_ids).cpu(), torch.as_tensor(positions).cpu()
+    if ids.ndim != 1 or pos.shape != ids.shape or len(ids) == 0:
+        raise ValueError(f"seq_ids and positions must be 1-D, non-empty and of one length, got shapes "
+                         f"{list(ids.shape)} and {list(pos.shape)}")
+    if ids.is_floating_point() or pos.is_floating_point() or torch.bool in (ids.dtype, pos.dtype):
+        raise ValueError(f"seq_ids and positions must be integers, got {ids.dtype} and {pos.dtype}")
+    if backend not in BACKENDS: raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if check: _check_positions(cache, ids, pos)                              # the engine's scheduler guarantees them: check=False
     decode = len(ids.unique()) == len(ids)                                  # one token per sequence
     if backend == "auto":
         from paged_flex.triton_decode import triton_head_dim_ok
