@@ -13,6 +13,7 @@ from .cache import PagedKVCache, default_device
 from .scheduler import Scheduler, SchedulerConfig, Sequence, StepPlan
 from .fms import load_llama, paged_cache_for, paged_step, paged_forward, sample, model_kv_shape, _check_sampling, _encode
 from .block_tables import check_positive_int, check_page_size
+from .fused import fuse_llama
 
 # %% auto #0
 __all__ = ['GRAPH_BATCHES', 'DEFAULT_PAGE_SIZE', 'SamplingParams', 'RequestOutput', 'ModelRunner', 'Sampler', 'DecodeGraph',
@@ -74,6 +75,29 @@ class ModelRunner:
             if self.cache.device.type == "cuda": torch.cuda.synchronize()
             timings["metadata"] += t1 - t0; timings["model"] += time.perf_counter() - t1
         return logits[logits.shape[0] - L:]
+
+    def run_decode_steps(self, plan: StepPlan, timings: dict | None = None) -> torch.Tensor:   # [num_steps, L]
+        "Greedy tokens of the plan's `num_steps` decode steps, each fed the argmax of the one before; no host sync between."
+        B, k, dev = plan.num_tokens, plan.num_steps, self.cache.device
+        out = torch.empty(k, B, dtype=torch.long, device=dev)
+        t0 = time.perf_counter()
+        g = self._graph(B, plan.max_context_len) if self.cuda_graphs and B <= GRAPH_BATCHES[-1] else None
+        t1 = time.perf_counter()
+        if g is not None:
+            _load_graph(self, g, plan)
+            for i in range(k):
+                g.graph.replay()
+                torch.argmax(g.logits[:B], -1, out=out[i])
+                g.tokens[:B].copy_(out[i]); g.positions[:B].add_(1)          # padding rows stay on the scratch page
+        else:
+            tokens = plan.token_ids.to(dev)
+            for i in range(k):
+                step = paged_step(self.cache, plan.seq_ids, plan.positions + i, self.backend, check=False)
+                out[i] = tokens = paged_forward(self.model, tokens, step, last_n_tokens=B).argmax(-1)
+        if timings is not None:
+            if dev.type == "cuda": torch.cuda.synchronize()
+            timings["metadata"] += t1 - t0; timings["model"] += time.perf_counter() - t1
+        return out
 class Sampler:
     "Next tokens for the rows of a step: greedy rows together, sampled rows each with its request's generator."
     def __init__(self): self.generators: dict = {}
@@ -140,22 +164,32 @@ def _capture(runner: ModelRunner, batch: int, context: int) -> DecodeGraph:
     with torch.cuda.graph(g, pool=runner.graph_pool): logits = forward()
     return DecodeGraph(g, tokens, ids, pos, logits)
 
-def _run_graph(self: ModelRunner, plan: StepPlan, timings: dict | None = None) -> torch.Tensor:
-    "A decode-only step through a captured graph (captured on first use of its buckets)."
-    B = plan.num_tokens
-    key = _graph_buckets(B, plan.max_context_len)
-    t0 = time.perf_counter()
+def _graph(self: ModelRunner, batch: int, context: int) -> DecodeGraph | None:
+    "The graph of a decode step of `batch` rows and longest `context`, captured on first use; None if capture fails."
+    key = _graph_buckets(batch, context)
     if key not in self.graphs:
         _ensure_scratch(self)
         try: self.graphs[key] = _capture(self, *key)
         except Exception as e:                                          # e.g. a host sync inside the model
             print(f"paged_flex: decode CUDA graphs disabled ({type(e).__name__}: {str(e)[:120]})")
             self.cuda_graphs = False
-            return ModelRunner.run(self, plan, timings)
-    g = self.graphs[key]
+            return None
+    return self.graphs[key]
+
+def _load_graph(self: ModelRunner, g: DecodeGraph, plan: StepPlan) -> None:
+    "Copy the plan's tokens, rows and positions into the graph's static inputs; padding rows on the scratch page."
+    B = plan.num_tokens
     g.tokens[:B].copy_(plan.token_ids, non_blocking=True); g.seq_ids[:B].copy_(plan.seq_ids, non_blocking=True)
     g.positions[:B].copy_(plan.positions, non_blocking=True)
     g.seq_ids[B:] = self.scratch_row; g.positions[B:] = 0; g.tokens[B:] = 0
+
+def _run_graph(self: ModelRunner, plan: StepPlan, timings: dict | None = None) -> torch.Tensor:
+    "A decode-only step through a captured graph (captured on first use of its buckets)."
+    B = plan.num_tokens
+    t0 = time.perf_counter()
+    g = self._graph(B, plan.max_context_len)
+    if g is None: return ModelRunner.run(self, plan, timings)
+    _load_graph(self, g, plan)
     t1 = time.perf_counter()
     g.graph.replay()
     if timings is not None:
@@ -163,7 +197,7 @@ def _run_graph(self: ModelRunner, plan: StepPlan, timings: dict | None = None) -
         timings["metadata"] += t1 - t0; timings["model"] += time.perf_counter() - t1
     return g.logits[:B]
 
-ModelRunner._run_graph = _run_graph
+ModelRunner._graph, ModelRunner._run_graph = _graph, _run_graph
 
 # %% ../nbs/11_engine.ipynb #5fc8da15
 DEFAULT_PAGE_SIZE = 16   # notebook 07: decode speed flat over 16-128 on the H100, waste lowest at 16
@@ -178,12 +212,15 @@ class LLM:
     def __init__(self, model_path=None, page_size: int | None = None, kv_cache_memory: int | None = None,
                  max_num_seqs: int | None = None, device=None, dtype: torch.dtype | None = None,
                  max_num_batched_tokens: int | None = None, enable_prefix_caching: bool = True,
-                 max_seq_len: int | None = None, backend: str = "auto", cuda_graphs: bool = True):
+                 max_seq_len: int | None = None, backend: str = "auto", cuda_graphs: bool = True,
+                 num_scheduler_steps: int = 8, fused_kernels: bool = True):
         if model_path is None:
             from paged_flex.assets import smollm2_folder
             model_path = smollm2_folder()
         self.device = torch.device(device) if device is not None else default_device()
         self.model, self.tokenizer = load_llama(model_path, self.device, dtype)
+        if fused_kernels and self.device.type == "cuda": fuse_llama(self.model)
+        self.num_scheduler_steps = check_positive_int("num_scheduler_steps", num_scheduler_steps)
         self.dtype = next(self.model.parameters()).dtype
         self.page_size = check_page_size(page_size or DEFAULT_PAGE_SIZE)
         per_page = kv_bytes_per_page(self.model, self.page_size, self.dtype)
@@ -223,11 +260,20 @@ class LLM:
         return [Sequence(i, p, max_tokens=sp.max_tokens, eos_id=self.eos_id, ignore_eos=sp.ignore_eos,
                          stop_ids=frozenset(sp.stop_token_ids or ()), params=sp) for i, (p, sp) in enumerate(zip(ids, params))]
 
-    def _steps(self, seqs: list[Sequence], arrivals: list[int] | None = None) -> Iterator[tuple[StepPlan, list[int]]]:
-        "Run the engine loop until every request is done (request i joins at step `arrivals[i]`); yield plans and tokens."
+    def _plan(self, scheduler: Scheduler, pending: list) -> StepPlan:
+        "Several greedy decode steps in one plan where possible (never past the next arrival), else one step."
+        k = self.num_scheduler_steps
+        if pending: k = min(k, pending[-1][0] - self.last_stats["steps"])
+        if k >= 2 and all(s.params is None or s.params.temperature == 0 for s in scheduler.running):
+            plan = scheduler.schedule_decode(k)
+            if plan is not None: return plan
+        return scheduler.schedule()
+
+    def _steps(self, seqs: list[Sequence], arrivals: list[int] | None = None) -> Iterator[list[tuple[Sequence, int]]]:
+        "Run the engine loop until every request is done (request i joins at step `arrivals[i]`); yield each plan's new tokens."
         scheduler, sampler = Scheduler(self.cache, self.scheduler_config), Sampler()
         timings = dict.fromkeys(("schedule", "metadata", "model", "sample", "update"), 0.0)
-        self.last_stats = {"timings": timings, "steps": 0, "peak_pages": 0, "peak_running": 0}
+        self.last_stats = {"timings": timings, "steps": 0, "plans": 0, "peak_pages": 0, "peak_running": 0}
         pending = sorted(zip(arrivals or [0] * len(seqs), range(len(seqs))), reverse=True)   # (step, index), soonest last
         def admit(step):
             while pending and pending[-1][0] <= step: scheduler.add(seqs[pending.pop()[1]])
@@ -236,16 +282,23 @@ class LLM:
             while scheduler.has_unfinished() or pending:
                 if not scheduler.has_unfinished(): admit(pending[-1][0])
                 admit(self.last_stats["steps"])
-                t0 = time.perf_counter(); plan = scheduler.schedule(); t1 = time.perf_counter()
+                t0 = time.perf_counter(); plan = self._plan(scheduler, pending); t1 = time.perf_counter()
                 self.last_stats["peak_pages"] = max(self.last_stats["peak_pages"], self.cache.allocator.num_used)
                 self.last_stats["peak_running"] = max(self.last_stats["peak_running"], len(scheduler.running))
-                logits = self.runner.run(plan, timings)
-                t2 = time.perf_counter(); tokens = sampler.sample(plan, logits); t3 = time.perf_counter()
-                scheduler.update(plan, tokens)
-                for seq in plan.logit_seqs: self._check_stop_strings(scheduler, seq)
+                seqs_out = plan.logit_seqs
+                before = [s.num_tokens for s in seqs_out]
+                if plan.num_steps > 1:
+                    out = self.runner.run_decode_steps(plan, timings)
+                    t2 = time.perf_counter(); tokens = out.tolist()
+                else:
+                    logits = self.runner.run(plan, timings)
+                    t2 = time.perf_counter(); tokens = sampler.sample(plan, logits)
+                t3 = time.perf_counter()
+                scheduler.update(plan, tokens, on_token=lambda seq: self._check_stop_strings(scheduler, seq))
                 timings["schedule"] += t1 - t0; timings["sample"] += t3 - t2; timings["update"] += time.perf_counter() - t3
-                self.last_stats["steps"] += 1
-                yield plan, tokens
+                self.last_stats["steps"] += plan.num_steps; self.last_stats["plans"] += 1
+                new = [(s, s.token_ids[n:]) for s, n in zip(seqs_out, before)]
+                yield [(s, t[i]) for i in range(plan.num_steps) for s, t in new if i < len(t)]
         finally:
             for s in list(scheduler.running) + list(scheduler.waiting): scheduler.abort(s)
             self.last_stats.update(preemptions=scheduler.num_preemptions, cached_tokens=scheduler.num_cached_tokens)
@@ -276,5 +329,5 @@ class LLM:
     def stream(self, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None) -> Iterator[tuple[int, int]]:
         "Yield `(prompt index, token id)` as tokens are generated."
         seqs = self._requests(prompts, sampling_params)
-        for plan, tokens in self._steps(seqs):
-            for seq, t in zip(plan.logit_seqs, tokens): yield seq.request_id, t
+        for new in self._steps(seqs):
+            for seq, t in new: yield seq.request_id, t

@@ -120,6 +120,7 @@ class StepPlan:
     logit_indices: torch.Tensor  # [L] int64 rows of T to sample, one per sequence of `logit_seqs`
     max_context_len: int         # longest context a token of this step attends to (its position + 1)
     preempted: list[Sequence]    # sent back to the waiting queue while making this plan
+    num_steps: int = 1           # > 1: that many greedy decode steps, each feeding the token the last one chose
 
     num_tokens = property(lambda self: len(self.token_ids))
     logit_seqs = property(lambda self: [it.seq for it in self.items if it.needs_logits])
@@ -129,8 +130,8 @@ class StepPlan:
         "Every sequence feeds one token and samples one: the shape a decode CUDA graph replays."
         return bool(self.items) and all(len(it.token_ids) == 1 and it.needs_logits for it in self.items)
 
-def pack_step(items: list[ScheduledSeq], preempted: list[Sequence] = ()) -> StepPlan:
-    "Flatten scheduled chunks into the `[T]` tensors a model runner consumes."
+def pack_step(items: list[ScheduledSeq], preempted: list[Sequence] = (), num_steps: int = 1) -> StepPlan:
+    "Flatten scheduled chunks into the `[T]` tensors a model runner consumes (the first of `num_steps` decode steps)."
     tokens, rows, positions, logit_rows = [], [], [], []
     for it in items:
         tokens += it.token_ids
@@ -138,8 +139,9 @@ def pack_step(items: list[ScheduledSeq], preempted: list[Sequence] = ()) -> Step
         positions += range(it.start, it.start + len(it.token_ids))
         if it.needs_logits: logit_rows.append(len(tokens) - 1)
     longs = lambda x: torch.tensor(x, dtype=torch.long)
-    max_len = max((it.start + len(it.token_ids) for it in items), default=0)
-    return StepPlan(list(items), longs(tokens), longs(rows), longs(positions), longs(logit_rows), max_len, list(preempted))
+    max_len = max((it.start + len(it.token_ids) for it in items), default=0) + (num_steps - 1 if items else 0)
+    return StepPlan(list(items), longs(tokens), longs(rows), longs(positions), longs(logit_rows), max_len, list(preempted),
+                    num_steps)
 
 # %% ../nbs/10_scheduler.ipynb #e401db7c
 def page_hashes(token_ids: list[int], page_size: int, num_pages: int, known: list[int] = ()) -> list[int]:
@@ -225,25 +227,49 @@ class Scheduler:
         self._pending = plan if items else None
         return plan
 
-    def update(self, plan: StepPlan, next_tokens) -> list[Sequence]:
-        "Apply a computed plan: advance `num_computed`, append `next_tokens` `[L]`, finish and free ended requests."
+    def schedule_decode(self, max_steps: int) -> StepPlan | None:
+        "Plan up to `max_steps` decode steps of every running request at once, or None where `schedule()` must plan."
+        if self._pending is not None: raise RuntimeError("schedule_decode() before update(): the last plan is not done")
+        check_positive_int("max_steps", max_steps)
+        if self.waiting or not self.running: return None                  # admissions go one step at a time
+        if any(seq.num_tokens - seq.num_computed != 1 for seq in self.running): return None   # a prefill is under way
+        k = min(max_steps, min(seq.max_tokens - seq.num_generated for seq in self.running))
+        P, length = self.page_size, self.cache.length
+        need = sum(pages_needed(seq.num_computed + k, P) - pages_needed(length(seq.seq_id), P) for seq in self.running)
+        if k < 2 or need > self.cache.num_free_pages: return None       # short, or short of pages: one step
+        items = []
+        for seq in self.running:
+            self.cache.reserve(seq.seq_id, seq.num_computed + k)
+            items.append(ScheduledSeq(seq, seq.token_ids[-1:], seq.num_computed, True))
+        self.num_steps += k
+        self._pending = pack_step(items, (), k)
+        return self._pending
+
+    def update(self, plan: StepPlan, next_tokens, on_token=None) -> list[Sequence]:
+        "Apply a computed plan: advance `num_computed`, append `next_tokens` `[L]` (`[num_steps, L]`), finish ended requests."
         if plan is not self._pending and plan.items:
             raise ValueError("update() takes the plan of the last schedule(), once")
-        tokens = next_tokens.tolist() if isinstance(next_tokens, torch.Tensor) else list(next_tokens)
-        if len(tokens) != len(plan.logit_indices):
-            raise ValueError(f"next_tokens holds {len(tokens)} token(s); the plan samples {len(plan.logit_indices)} "
-                             f"(one per row of plan.logit_indices)")
-        self._pending, sampled, finished = None, iter(tokens), []
-        for it in plan.items:
-            seq, token = it.seq, operator.index(next(sampled)) if it.needs_logits else None
-            if seq.status is not SeqStatus.RUNNING: continue             # aborted since schedule()
-            assert seq.num_computed == it.start, (seq.request_id, seq.num_computed, it.start)
-            seq.num_computed += len(it.token_ids)
-            if self.config.enable_prefix_caching: self._register(seq)
-            if token is None: continue
-            seq.token_ids.append(token)
-            reason = seq.stop_reason(token)
-            if reason: self._finish(seq, reason); finished.append(seq)
+        rows = next_tokens.tolist() if isinstance(next_tokens, torch.Tensor) else list(next_tokens)
+        rows = rows if plan.num_steps > 1 else [rows]
+        L = len(plan.logit_indices)
+        if len(rows) != plan.num_steps or any(len(r) != L for r in rows):
+            shape = [len(rows), len(rows[0]) if rows else 0] if plan.num_steps > 1 else len(rows[0])
+            raise ValueError(f"next_tokens holds {shape} token(s); the plan samples {L} "
+                             f"(one per row of plan.logit_indices){f' in each of {plan.num_steps} steps' if plan.num_steps > 1 else ''}")
+        self._pending, finished = None, []
+        for i, tokens in enumerate(rows):                                 # step by step: a stop ends what follows
+            sampled = iter(tokens)
+            for it in plan.items:
+                seq, token = it.seq, operator.index(next(sampled)) if it.needs_logits else None
+                if seq.status is not SeqStatus.RUNNING: continue         # aborted, or stopped at an earlier step
+                assert seq.num_computed == it.start + i, (seq.request_id, seq.num_computed, it.start, i)
+                seq.num_computed += len(it.token_ids)
+                if self.config.enable_prefix_caching: self._register(seq)
+                if token is None: continue
+                seq.token_ids.append(token)
+                reason = seq.stop_reason(token)
+                if reason: self._finish(seq, reason); finished.append(seq)
+                elif on_token is not None: on_token(seq)
         return finished
 
     def abort(self, seq: Sequence) -> None:

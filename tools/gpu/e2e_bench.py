@@ -2,7 +2,7 @@
 weights, seed 0), 64 requests with prompts uniform in [64, 1024] (random.seed(0)), 128 new tokens each, no early stop.
 Ours: paged_flex.LLM (continuous batching over the paged cache). Peers: HF generate (padded batch), HF generate_batch
 (paged|sdpa, continuous batching), FMS generate (padded, contiguous cache).
-usage: python tools/gpu/e2e_bench.py [ours|peers|all]   (writes $OUT/e2e_w1.json)"""
+usage: python tools/gpu/e2e_bench.py [ours|peers|all] [variant,variant]   (writes $OUT/e2e_w1_<which>.json)"""
 import json, os, random, sys, time, datetime, traceback, tempfile
 import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -30,30 +30,35 @@ if which in ("ours", "all"):
     from paged_flex.engine import LLM, SamplingParams
     folder = tempfile.mkdtemp()
     hf_model("sdpa").save_pretrained(folder); torch.cuda.empty_cache()
-    # graphs must not change results: fp32 copy of the model, 16 prompts, 24 greedy tokens, graphs on vs off
+    # neither graphs, multi-step plans nor the fused kernels may change results: fp32 copy of the model, 16 prompts,
+    # 24 greedy tokens, everything on vs everything off
     f32 = tempfile.mkdtemp(); torch.manual_seed(SEED); cfg._attn_implementation = "sdpa"
     LlamaForCausalLM(cfg).to(torch.float32).save_pretrained(f32)
     toks = {}
-    for graphs in (False, True):
-        llm = LLM(f32, dtype=torch.float32, max_num_seqs=16, kv_cache_memory=8 * 2**30, cuda_graphs=graphs)
-        toks[graphs] = [r.token_ids for r in llm.generate(prompts[:16], SamplingParams(max_tokens=24, temperature=0, ignore_eos=True), use_tqdm=False)]
+    for on in (False, True):
+        llm = LLM(f32, dtype=torch.float32, max_num_seqs=16, kv_cache_memory=8 * 2**30, cuda_graphs=on,
+                  num_scheduler_steps=8 if on else 1, fused_kernels=on)
+        toks[on] = [r.token_ids for r in llm.generate(prompts[:16], SamplingParams(max_tokens=24, temperature=0, ignore_eos=True), use_tqdm=False)]
         del llm; torch.cuda.empty_cache()
-    out["graphs_equal_eager_fp32"] = toks[True] == toks[False]
-    print("fp32: graph tokens == eager tokens:", out["graphs_equal_eager_fp32"], flush=True)
+    out["fp32_all_on_equal_all_off"] = toks[True] == toks[False]
+    print("fp32: graphs + multi-step + fused tokens == eager unfused one-step tokens:", out["fp32_all_on_equal_all_off"], flush=True)
+    variants = {"ours_paged_flex": {}, "ours_one_step_per_plan": dict(num_scheduler_steps=1),
+                "ours_unfused": dict(fused_kernels=False), "ours_eager": dict(cuda_graphs=False, num_scheduler_steps=1)}
+    if len(sys.argv) > 2: variants = {k: variants[k] for k in sys.argv[2].split(",")}
     check = None
-    for page, graphs in ((16, False), (16, True)):
-        llm = LLM(folder, page_size=page, dtype=torch.bfloat16, max_num_seqs=64, max_num_batched_tokens=8192, cuda_graphs=graphs)
+    for name, kw in variants.items():
+        llm = LLM(folder, page_size=16, dtype=torch.bfloat16, max_num_seqs=64, max_num_batched_tokens=8192, **kw)
         sp = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True)
-        warm = llm.generate(prompts, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True), use_tqdm=False)   # compile, capture
-        if check is None: check = [w.token_ids for w in warm]
-        else: out["graph_vs_eager_same_tokens"] = check == [w.token_ids for w in warm]; print("graph == eager:", out["graph_vs_eager_same_tokens"])
+        llm.generate(prompts, SamplingParams(max_tokens=16, temperature=0, ignore_eos=True), use_tqdm=False)   # compile, capture
         torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); t0 = time.time()
         res = llm.generate(prompts, sp, use_tqdm=False); torch.cuda.synchronize(); t = time.time() - t0
         st = llm.last_stats
-        record(f"ours_paged_flex_p{page}" + ("_cudagraphs" if graphs else "_eager"), t, sum(len(r.token_ids) for r in res),
-               {"steps": st["steps"], "timings": st["timings"], "peak_kv_pages": st["peak_pages"],
+        if check is None: check = [r.token_ids for r in res]
+        else: out.setdefault("bf16_same_tokens_as_first_variant", {})[name] = sum(a == r.token_ids for a, r in zip(check, res))
+        record(name, t, sum(len(r.token_ids) for r in res),
+               {"config": kw, "steps": st["steps"], "plans": st["plans"], "timings": st["timings"], "peak_kv_pages": st["peak_pages"],
                 "kv_GB_used_peak": st["peak_pages"] * llm.cache.stats().bytes_per_page / 1e9, "kv_GB_pool": llm.cache.stats().bytes_total / 1e9})
-        print("time split (s):", {k: round(v, 2) for k, v in st["timings"].items()}, flush=True)
+        print("time split (s):", {k: round(v, 3) for k, v in st["timings"].items()}, flush=True)
         del llm, res; torch.cuda.empty_cache()
 
 if which in ("peers", "all"):
