@@ -41,25 +41,26 @@ def rms_norm(x: torch.Tensor,       # [..., N] activations
 
 # %% ../nbs/09b_fused.ipynb #e67ce978
 @triton.jit
+def _rotate_heads(X, t, stride_t, stride_h, c, s, d, NH: tl.constexpr, NH_PAD: tl.constexpr):
+    "Rotate the NH heads of token t: out[d] = x[d] cos + x[d ^ 1] (-sin if d even else sin)."
+    h = tl.arange(0, NH_PAD)[:, None]
+    row = X + t * stride_t + h * stride_h
+    x = tl.load(row + d, mask=h < NH, other=0.0).to(tl.float32)
+    partner = tl.load(row + (d ^ 1), mask=h < NH, other=0.0).to(tl.float32)   # the pair's other half: same cache lines
+    tl.debug_barrier()                                             # in place: every thread has read before any writes
+    tl.store(row + d, (x * c + partner * s).to(X.dtype.element_ty), mask=h < NH)
+
+@triton.jit
 def _rope_kernel(Q, K, POS, COS, SIN, stride_qt, stride_qh, stride_kt, stride_kh,
-                 H: tl.constexpr, KV: tl.constexpr, H_PAD: tl.constexpr, KV_PAD: tl.constexpr, HALF: tl.constexpr):
+                 H: tl.constexpr, KV: tl.constexpr, H_PAD: tl.constexpr, KV_PAD: tl.constexpr, D: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     p = tl.load(POS + t).to(tl.int64)
-    i = tl.arange(0, HALF)
-    c = tl.load(COS + p * HALF + i)[None, :]
-    s = tl.load(SIN + p * HALF + i)[None, :]
-    h = tl.arange(0, H_PAD)[:, None]
-    ptr = Q + t * stride_qt + h * stride_qh + 2 * i[None, :]
-    x0 = tl.load(ptr, mask=h < H, other=0.0).to(tl.float32)
-    x1 = tl.load(ptr + 1, mask=h < H, other=0.0).to(tl.float32)
-    tl.store(ptr, (x0 * c - x1 * s).to(Q.dtype.element_ty), mask=h < H)
-    tl.store(ptr + 1, (x0 * s + x1 * c).to(Q.dtype.element_ty), mask=h < H)
-    h = tl.arange(0, KV_PAD)[:, None]
-    ptr = K + t * stride_kt + h * stride_kh + 2 * i[None, :]
-    x0 = tl.load(ptr, mask=h < KV, other=0.0).to(tl.float32)
-    x1 = tl.load(ptr + 1, mask=h < KV, other=0.0).to(tl.float32)
-    tl.store(ptr, (x0 * c - x1 * s).to(K.dtype.element_ty), mask=h < KV)
-    tl.store(ptr + 1, (x0 * s + x1 * c).to(K.dtype.element_ty), mask=h < KV)
+    d = tl.arange(0, D)[None, :]                                   # whole rows: coalesced loads and stores
+    c = tl.load(COS + p * (D // 2) + d // 2)
+    s = tl.load(SIN + p * (D // 2) + d // 2)
+    s = tl.where(d % 2 == 0, -s, s)
+    _rotate_heads(Q, t, stride_qt, stride_qh, c, s, d, H, H_PAD)
+    _rotate_heads(K, t, stride_kt, stride_kh, c, s, d, KV, KV_PAD)
 
 def rope_(q: torch.Tensor,          # [tokens, heads, head_dim], rotated in place
           k: torch.Tensor,          # [tokens, kv_heads, head_dim], rotated in place
@@ -76,7 +77,7 @@ def rope_(q: torch.Tensor,          # [tokens, heads, head_dim], rotated in plac
     if T:
         _rope_kernel[(T,)](q, k, positions, cos, sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
                            H=H, KV=k.shape[1], H_PAD=triton.next_power_of_2(H), KV_PAD=triton.next_power_of_2(k.shape[1]),
-                           HALF=D // 2, num_warps=4)
+                           D=D, num_warps=4)
     return q, k
 
 # %% ../nbs/09b_fused.ipynb #ef64b69b

@@ -14,8 +14,8 @@ bench = lambda fn: do_bench(fn, warmup=10, rep=100, return_mode="median")
 from common import packed_prefill_case
 from torch.nn.attention import sdpa_kernel, SDPBackend
 lens, starts, q, k, v, per_seq, padded = packed_prefill_case(32, 8, 128, torch.bfloat16, "cuda")
-sd = {"default": bench(per_seq)}
-for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+sd = {"default": bench(per_seq)} if "nosdpa" not in sys.argv else {}
+for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION) if sd else ():
     try:
         with sdpa_kernel(b): sd[b.name] = bench(per_seq)
     except Exception as e: sd[b.name] = repr(e)[:100]
