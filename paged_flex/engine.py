@@ -6,6 +6,7 @@
 from __future__ import annotations
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from collections.abc import Iterator
 import torch
 from tqdm.auto import tqdm
@@ -128,6 +129,7 @@ class DecodeGraph:
     seq_ids: torch.Tensor    # [B] int64
     positions: torch.Tensor  # [B] int64
     logits: torch.Tensor     # [B, vocab]
+    step: Any = None         # the PagedStep the graph reads (slots, padded metadata): held so its memory stays ours
 
 def _graph_buckets(batch: int, context: int) -> tuple[int, int]:
     "The captured batch size and context bucket a decode step of `batch` sequences and longest `context` runs in."
@@ -162,7 +164,7 @@ def _capture(runner: ModelRunner, batch: int, context: int) -> DecodeGraph:
     if runner.graph_pool is None: runner.graph_pool = torch.cuda.graph_pool_handle()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g, pool=runner.graph_pool): logits = forward()
-    return DecodeGraph(g, tokens, ids, pos, logits)
+    return DecodeGraph(g, tokens, ids, pos, logits, step)
 
 def _graph(self: ModelRunner, batch: int, context: int) -> DecodeGraph | None:
     "The graph of a decode step of `batch` rows and longest `context`, captured on first use; None if capture fails."
