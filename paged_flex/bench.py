@@ -41,7 +41,7 @@ def environment() -> dict:
 def run_w1(llm: LLM, prompts: list[list[int]], new_tokens: int = 128) -> dict:
     "Generate `new_tokens` greedy tokens (no early stop) for every prompt; tokens/s and the time split."
     sp = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-    llm.generate(prompts, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True), use_tqdm=False)   # warm-up
+    llm.generate(prompts, sp, use_tqdm=False)   # warm-up: the workload once, so every CUDA graph it needs is captured
     if llm.device.type == "cuda": torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     outs = llm.generate(prompts, sp, use_tqdm=False)

@@ -41,10 +41,12 @@ class BlockTables:
         check_positive_int("max_seqs", max_seqs); check_positive_int("max_pages_per_seq", max_pages_per_seq)
         num_pages = check_positive_int("num_pages", max_seqs * max_pages_per_seq if num_pages is None else num_pages)
         self.max_seqs, self.max_pages_per_seq = max_seqs, max_pages_per_seq
-        self.table = torch.zeros(max_seqs, max_pages_per_seq, dtype=torch.int32, device=device)  # [max_seqs, max_pages_per_seq]
-        self._seq_lens = torch.zeros(max_seqs, dtype=torch.int32, device=device)                 # [max_seqs] reserved tokens
+        self._table = torch.zeros(max_seqs, max_pages_per_seq, dtype=torch.int32, device=device)  # [max_seqs, max_pages_per_seq]
+        self._seq_lens = torch.zeros(max_seqs, dtype=torch.int32, device=device)                  # [max_seqs] reserved tokens
         self._lens_stale = False
-        self.page_logical = torch.zeros(num_pages, dtype=torch.int32, device=device)             # [num_pages] logical index of each page
+        self._page_logical = torch.zeros(num_pages, dtype=torch.int32, device=device)             # [num_pages] logical index of each page
+        self._new_entries: dict[tuple[int, int], int] = {}    # (seq_id, logical index) -> page, not yet on the device
+        self._new_logical: dict[int, int] = {}                # page -> logical index, not yet on the device
         self._pages: dict[int, list[int]] = {}   # host mirror: seq_id -> its physical pages, in logical order
         self._lens: dict[int, int] = {}          # host mirror of seq_lens
 
@@ -74,11 +76,9 @@ class BlockTables:
         if start + len(new_pages) > self.max_pages_per_seq:
             raise ValueError(f"sequence {seq_id} would need {start + len(new_pages)} pages; "
                              f"block tables hold at most {self.max_pages_per_seq} per sequence")
-        if new_pages:
-            new = torch.tensor(new_pages, dtype=torch.int32)
-            self.table[seq_id, start:start + len(new_pages)] = new.to(self.table.device)
-            self.page_logical[new.long().to(self.table.device)] = torch.arange(start, start + len(new_pages), dtype=torch.int32, device=self.table.device)
-            pages.extend(new_pages)
+        for i, page in enumerate(new_pages, start):
+            self._new_entries[seq_id, i] = page; self._new_logical[page] = i   # the last write of a key wins, as on the device
+        pages.extend(new_pages)
         if self._lens.get(seq_id) != new_len:
             self._lens[seq_id] = new_len
             self._lens_stale = True
@@ -89,6 +89,27 @@ class BlockTables:
         del self._lens[seq_id]
         self._lens_stale = True
         return pages
+
+    @property
+    def table(self) -> torch.Tensor:
+        "`[max_seqs, max_pages_per_seq]` int32 physical page of each (sequence, logical page), on the device."
+        self.flush(); return self._table
+
+    @property
+    def page_logical(self) -> torch.Tensor:
+        "`[num_pages]` int32 logical index of each physical page in the sequence(s) holding it, on the device."
+        self.flush(); return self._page_logical
+
+    def flush(self) -> None:
+        "Send the entries written since the last flush to the device: one copy, two scatters (a CUDA graph reading the tables calls this before it replays)."
+        if not self._new_entries: return
+        rows, cols = zip(*self._new_entries)
+        n, m = len(rows), len(self._new_logical)
+        flat = torch.tensor([*rows, *cols, *self._new_entries.values(), *self._new_logical, *self._new_logical.values()],
+                            dtype=torch.int64).to(self._table.device)
+        self._new_entries, self._new_logical = {}, {}
+        self._table[flat[:n], flat[n:2 * n]] = flat[2 * n:3 * n].to(torch.int32)
+        self._page_logical[flat[3 * n:3 * n + m]] = flat[3 * n + m:].to(torch.int32)
 
     @property
     def seq_lens(self) -> torch.Tensor:

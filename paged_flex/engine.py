@@ -181,6 +181,7 @@ def _graph(self: ModelRunner, batch: int, context: int) -> DecodeGraph | None:
 def _load_graph(self: ModelRunner, g: DecodeGraph, plan: StepPlan) -> None:
     "Copy the plan's tokens, rows and positions into the graph's static inputs; padding rows on the scratch page."
     B = plan.num_tokens
+    self.cache.block_tables.flush()                                     # the graph reads the tables without asking
     g.tokens[:B].copy_(plan.token_ids, non_blocking=True); g.seq_ids[:B].copy_(plan.seq_ids, non_blocking=True)
     g.positions[:B].copy_(plan.positions, non_blocking=True)
     g.seq_ids[B:] = self.scratch_row; g.positions[B:] = 0; g.tokens[B:] = 0
@@ -215,7 +216,7 @@ class LLM:
                  max_num_seqs: int | None = None, device=None, dtype: torch.dtype | None = None,
                  max_num_batched_tokens: int | None = None, enable_prefix_caching: bool = True,
                  max_seq_len: int | None = None, backend: str = "auto", cuda_graphs: bool = True,
-                 num_scheduler_steps: int = 8, fused_kernels: bool = True):
+                 num_scheduler_steps: int = 16, fused_kernels: bool = True):
         if model_path is None:
             from paged_flex.assets import smollm2_folder
             model_path = smollm2_folder()

@@ -49,7 +49,7 @@ if which in ("ours", "all"):
     for name, kw in variants.items():
         llm = LLM(folder, page_size=16, dtype=torch.bfloat16, max_num_seqs=64, max_num_batched_tokens=8192, **kw)
         sp = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True)
-        llm.generate(prompts, SamplingParams(max_tokens=16, temperature=0, ignore_eos=True), use_tqdm=False)   # compile, capture
+        llm.generate(prompts, sp, use_tqdm=False)   # warm-up: the workload once, so every CUDA graph it needs is captured
         torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); t0 = time.time()
         res = llm.generate(prompts, sp, use_tqdm=False); torch.cuda.synchronize(); t = time.time() - t0
         st = llm.last_stats
