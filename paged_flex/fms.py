@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_fms.ipynb #6d1342ba
 from __future__ import annotations
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from tqdm import tqdm
@@ -34,7 +34,16 @@ class PagedStep:
     slots: torch.Tensor      # [tokens] int64 physical slot its key and value are written to
     meta: StepMetadata       # padded queries, decode flag, BlockMask (flex), longest context
     backend: str             # 'gather', 'flex' or 'triton'
-    tiles: torch.Tensor | None = None  # [num_tiles, 4] int32 query tiles of the Triton prefill kernel
+    host_ids: torch.Tensor | None = None    # [tokens] the same sequence ids and positions on the host, for
+    host_pos: torch.Tensor | None = None    # the Triton prefill kernel's query tiles
+    _tiles: dict = field(default_factory=dict, repr=False)
+
+    def tiles(self, queries_per_tile: int) -> torch.Tensor:
+        "`[num_tiles, 4]` query tiles of the Triton prefill kernel, on the device: built once per step and tile size."
+        if queries_per_tile not in self._tiles:
+            from paged_flex.triton_prefill import prefill_tiles
+            self._tiles[queries_per_tile] = prefill_tiles(self.host_ids, self.host_pos, queries_per_tile).to(self.cache.device)
+        return self._tiles[queries_per_tile]
 
 def _check_positions(cache: PagedKVCache, ids: torch.Tensor, pos: torch.Tensor) -> None:
     "Every position reserved for its sequence, and no (sequence, position) twice."
@@ -63,14 +72,10 @@ def paged_step(cache: PagedKVCache, seq_ids, positions, backend: str = "auto", c
     if backend == "auto":
         from paged_flex.triton_decode import triton_head_dim_ok
         backend = ("triton" if triton_head_dim_ok(cache.head_dim) else "flex") if cache.device.type == "cuda" else "gather"
-    tiles = None
-    if backend == "triton" and not decode:                                 # built once per step, read by every layer
-        from paged_flex.triton_prefill import prefill_tiles
-        tiles = prefill_tiles(ids, pos, 64)
+    host_ids, host_pos = ids, pos
     ids, pos = ids.long().to(cache.device), pos.long().to(cache.device)
-    meta = step_metadata(cache, ids, pos, decode=decode, max_len=int(pos.max()) + 1, block_mask=backend == "flex")
-    return PagedStep(cache, ids, pos, cache.slots(ids, pos), meta, backend,
-                     None if tiles is None else tiles.to(cache.device))
+    meta = step_metadata(cache, ids, pos, decode=decode, max_len=int(host_pos.max()) + 1, block_mask=backend == "flex")
+    return PagedStep(cache, ids, pos, cache.slots(ids, pos), meta, backend, host_ids, host_pos)
 
 # %% ../nbs/09_fms.ipynb #70986819
 def paged_kv_states(cache: PagedKVCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -111,8 +116,8 @@ def _attend(query, key_cache, value_cache, nheads, kvheads, p_dropout, scale_fac
             from paged_flex.triton_decode import paged_decode
             out = paged_decode(q.contiguous(), cache, layer, step.meta.q_seq, step.meta.q_pos, step.meta.max_len, scale_factor)
         else:
-            from paged_flex.triton_prefill import paged_prefill
-            out = paged_prefill(q.contiguous(), cache, layer, step.tiles, scale_factor)
+            from paged_flex.triton_prefill import paged_prefill, queries_per_tile
+            out = paged_prefill(q.contiguous(), cache, layer, step.tiles(queries_per_tile(nheads, kvheads)), scale_factor)
     return out.unsqueeze(0)                                                  # [1, tokens, heads, head_dim]
 
 def _is_prefill(paged_step: PagedStep, **_) -> bool: return not paged_step.meta.decode
@@ -251,7 +256,7 @@ def save_random_llama(folder, seed: int = 0, tokenizer: bool = True, **config) -
                                 eos_token="</s>").save_pretrained(folder)
     return Path(folder)
 
-# %% ../nbs/09_fms.ipynb #6306b74c
+# %% ../nbs/09_fms.ipynb #e9e571f2
 def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None) -> torch.Tensor:
     "Next token `[batch]` for each row of `logits` `[batch, vocab]`: greedy at temperature 0, else top-k / top-p sampling."
@@ -267,7 +272,7 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = N
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
-# %% ../nbs/09_fms.ipynb #ff9a8ce1
+# %% ../nbs/09_fms.ipynb #a36c18a7
 def _check_sampling(temperature, top_k, top_p) -> None:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
         raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")

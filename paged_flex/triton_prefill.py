@@ -14,7 +14,7 @@ import os
 if os.environ.get("TRITON_INTERPRET") == "1": _interpreter_scalar_loop_bounds()
 
 # %% auto #0
-__all__ = ['prefill_tiles', 'paged_prefill', 'triton_paged_prefill']
+__all__ = ['PREFILL_CONFIG', 'prefill_tiles', 'heads_per_program', 'queries_per_tile', 'paged_prefill', 'triton_paged_prefill']
 
 # %% ../nbs/06b_triton_prefill.ipynb #41fa14ad
 def prefill_tiles(seq_ids: torch.Tensor,    # [tokens] sequence of each query (runs of one sequence)
@@ -74,19 +74,20 @@ def _attend_block(acc, m_i, l_i, q, K, V, BT, seq, hk, j, kv_end, q_pos, stride_
 @triton.jit
 def _prefill_kernel(Q, K, V, O, BT, TILES,
                     stride_qt, stride_qh, stride_kp, stride_kn, stride_kh, stride_bt, sm_scale,
-                    G: tl.constexpr, D: tl.constexpr, P: tl.constexpr,
+                    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, P: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
-    tile, h = tl.program_id(0), tl.program_id(1)
-    hk = h // G
+    tile, hg = tl.program_id(0), tl.program_id(1)       # hg: a group of GP query heads that share one KV head
+    hk = (hg * GP) // G
     seq = tl.load(TILES + tile * 4).to(tl.int64)
     row0 = tl.load(TILES + tile * 4 + 1)
     p0 = tl.load(TILES + tile * 4 + 2)
     n_q = tl.load(TILES + tile * 4 + 3)
     m = tl.arange(0, BLOCK_M)
     d = tl.arange(0, D)
-    q_ok = m < n_q
-    q_pos = p0 + m
-    q_ptr = (row0 + m).to(tl.int64)[:, None] * stride_qt + h * stride_qh + d[None, :]
+    qi = m // GP                                        # row m: query qi of the tile, head hg * GP + m % GP
+    q_ok = qi < n_q
+    q_pos = p0 + qi
+    q_ptr = (row0 + qi).to(tl.int64)[:, None] * stride_qt + (hg * GP + m % GP)[:, None] * stride_qh + d[None, :]
     q = tl.load(Q + q_ptr, mask=q_ok[:, None], other=0.0)
     qk_scale = sm_scale * 1.4426950408889634
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -104,26 +105,42 @@ def _prefill_kernel(Q, K, V, O, BT, TILES,
     tl.store(O + q_ptr, out.to(O.dtype.element_ty), mask=q_ok[:, None])
 
 # %% ../nbs/06b_triton_prefill.ipynb #0772f50a
+PREFILL_CONFIG = dict(block_m=64, block_n=64, num_warps=4, num_stages=2, pack_heads=True)   # tile rows, keys, warps, stages
+
+def heads_per_program(num_heads: int, num_kv_heads: int, block_m: int, pack_heads: bool = True) -> int:
+    "Query heads one program computes: the whole GQA group of a KV head when packing and it divides the tile, else 1."
+    G = num_heads // num_kv_heads
+    return G if pack_heads and G > 1 and block_m % G == 0 and G & (G - 1) == 0 else 1
+
+def queries_per_tile(num_heads: int, num_kv_heads: int, block_m: int | None = None, pack_heads: bool | None = None) -> int:
+    "Queries in one tile of `prefill_tiles` for this head layout and tile: `block_m` rows / heads per program."
+    block_m = block_m or PREFILL_CONFIG["block_m"]
+    pack = PREFILL_CONFIG["pack_heads"] if pack_heads is None else pack_heads
+    return block_m // heads_per_program(num_heads, num_kv_heads, block_m, pack)
+
 def paged_prefill(q: torch.Tensor,          # [tokens, num_heads, head_dim] packed queries
                   cache: PagedKVCache, layer: int,
-                  tiles: torch.Tensor,      # [num_tiles, 4] int32 from `prefill_tiles`, on q's device
-                  scale: float | None = None, block_m: int = 64, block_n: int = 64,
-                  num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+                  tiles: torch.Tensor,      # [num_tiles, 4] int32 from `prefill_tiles(..., queries_per_tile(...))`, on q's device
+                  scale: float | None = None, block_m: int | None = None, block_n: int | None = None,
+                  num_warps: int | None = None, num_stages: int | None = None, pack_heads: bool | None = None) -> torch.Tensor:
     "Causal paged attention for packed prefill chunks (and any decode tokens among them). Returns `[tokens, num_heads, head_dim]`."
     T, H, D = q.shape
     check_triton_head_dim(D)
+    cfg = {k: v if v is not None else PREFILL_CONFIG[k] for k, v in
+           dict(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages, pack_heads=pack_heads).items()}
+    GP = heads_per_program(H, cache.num_kv_heads, cfg["block_m"], cfg["pack_heads"])
     k, v = cache.k[layer], cache.v[layer]                        # [num_pages, page_size, kv_heads, D]
     out = torch.empty_like(q)
     scale = scale if scale is not None else 1.0 / math.sqrt(D)
-    _prefill_kernel[(tiles.shape[0], H)](
+    _prefill_kernel[(tiles.shape[0], H // GP)](
         q, k, v, out, cache.block_table, tiles,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), cache.block_table.stride(0), scale,
-        G=H // cache.num_kv_heads, D=D, P=cache.page_size, BLOCK_M=block_m, BLOCK_N=block_n,
-        IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages)
+        G=H // cache.num_kv_heads, GP=GP, D=D, P=cache.page_size, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
+        IEEE=q.dtype == torch.float32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
 
-def triton_paged_prefill(q, cache, layer, seq_ids, positions, scale=None, block_m: int = 64):
+def triton_paged_prefill(q, cache, layer, seq_ids, positions, scale=None):
     "`paged_attention` for packed batches through the Triton prefill kernel."
     if not q.is_contiguous(): q = q.contiguous()
-    tiles = prefill_tiles(seq_ids.cpu(), positions.cpu(), block_m).to(q.device)
-    return paged_prefill(q, cache, layer, tiles, scale, block_m=block_m)
+    tiles = prefill_tiles(seq_ids.cpu(), positions.cpu(), queries_per_tile(q.shape[1], cache.num_kv_heads)).to(q.device)
+    return paged_prefill(q, cache, layer, tiles, scale)
