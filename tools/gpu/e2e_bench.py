@@ -17,7 +17,7 @@ out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date
                    "random bf16 weights seed 0; 64 requests, prompts uniform [64, 1024] random.seed(0); 128 new tokens each, no early stop",
        "N": N, "new": NEW, "prompt_tokens": sum(lens), "results": {}}
 def record(name, t, gen, extra=None):
-    r = {"s": t, "gen_tokens": gen, "tok_per_s": gen / t, "peak_GB": torch.cuda.max_memory_allocated() / 1e9}
+    r = {"seconds": t, "generated_tokens": gen, "tokens_per_s": gen / t, "peak_gpu_GB": torch.cuda.max_memory_allocated() / 1e9}
     r.update(extra or {}); out["results"][name] = r; print(name, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "timings"}, flush=True)
 from transformers import LlamaConfig, LlamaForCausalLM, GenerationConfig
 cfg = LlamaConfig(vocab_size=V, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -62,45 +62,10 @@ if which in ("ours", "all"):
         del llm, res; torch.cuda.empty_cache()
 
 if which in ("peers", "all"):
-    try:
-        m = hf_model("sdpa")
-        gc = GenerationConfig(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
-        L = max(lens); ids = torch.zeros(N, L, dtype=torch.long); am = torch.zeros(N, L, dtype=torch.long)
-        for i, p in enumerate(prompts): ids[i, L - len(p):] = torch.tensor(p); am[i, L - len(p):] = 1
-        ids, am = ids.to(dev), am.to(dev)
-        with torch.no_grad():
-            m.generate(ids[:2, -64:], attention_mask=am[:2, -64:], generation_config=GenerationConfig(max_new_tokens=4, do_sample=False, pad_token_id=0))
-            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); t0 = time.time()
-            o = m.generate(ids, attention_mask=am, generation_config=gc); torch.cuda.synchronize()
-        record("hf_generate_padded", time.time() - t0, (o.shape[1] - L) * N); del m, o; torch.cuda.empty_cache()
-    except Exception:
-        out["results"]["hf_generate_padded"] = {"error": traceback.format_exc()[-800:]}
-    try:
-        m = hf_model("paged|sdpa")
-        gc = GenerationConfig(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
-        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); t0 = time.time()
-        with torch.no_grad(): r = m.generate_batch(inputs=prompts, generation_config=gc, progress_bar=False)
-        torch.cuda.synchronize()
-        record("hf_generate_batch[paged|sdpa]", time.time() - t0, sum(len(x.generated_tokens) for x in r.values())); del m, r; torch.cuda.empty_cache()
-    except Exception:
-        out["results"]["hf_generate_batch[paged|sdpa]"] = {"error": traceback.format_exc()[-800:]}
-    try:
-        from fms.models.llama import LLaMA, LLaMAConfig
-        from fms.utils.generation import generate
-        torch.manual_seed(SEED)
-        fm = LLaMA(LLaMAConfig(src_vocab_size=V, emb_dim=2048, nheads=32, kvheads=8, nlayers=16, hidden_grow_factor=4.0,
-                               multiple_of=256, max_expected_seq_len=4096, rope_theta=500000.0, tie_heads=True)).to(dev, torch.bfloat16).eval()
-        L = max(lens); ids = torch.zeros(N, L, dtype=torch.long)
-        for i, p in enumerate(prompts): ids[i, L - len(p):] = torch.tensor(p)
-        ids = ids.to(dev)
-        with torch.no_grad():
-            generate(fm, ids[:2, -64:], max_seq_len=4096, max_new_tokens=4, do_sample=False, use_cache=True)
-            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); t0 = time.time()
-            o = generate(fm, ids, max_seq_len=4096, max_new_tokens=NEW, do_sample=False, use_cache=True, contiguous_cache=True)
-            torch.cuda.synchronize()
-        record("fms_generate_padded_contiguous", time.time() - t0, (o.shape[1] - L) * N)
-    except Exception:
-        out["results"]["fms_generate_padded_contiguous"] = {"error": traceback.format_exc()[-800:]}
+    from paged_flex.bench import run_w1_peers
+    if which == "peers": folder = tempfile.mkdtemp(); hf_model("sdpa").save_pretrained(folder); torch.cuda.empty_cache()
+    for name, r in run_w1_peers(folder, prompts, NEW, dev, torch.bfloat16).items():
+        out["results"][name] = r; print(name, {k: v for k, v in r.items() if k != "error"} if "error" not in r else r["error"][-300:], flush=True)
 json.dump(out, open(os.path.join(os.environ.get("OUT", "."), f"e2e_w1_{which}.json"), "w"), indent=1)
 print("\nname | tok/s | s | peak GB")
-for k, r in out["results"].items(): print(k, "|", f"{r['tok_per_s']:.0f} | {r['s']:.2f} | {r['peak_GB']:.1f}" if "s" in r else r["error"][-300:])
+for k, r in out["results"].items(): print(k, "|", f"{r['tokens_per_s']:.0f} | {r['seconds']:.2f} | {r['peak_gpu_GB']:.1f}" if "seconds" in r else r["error"][-300:])
