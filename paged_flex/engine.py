@@ -249,7 +249,7 @@ class LLM:
 
     def __repr__(self):
         return (f"LLM(device={self.device}, dtype={self.dtype}, pages={self.cache.num_pages}x{self.page_size}, "
-                f"max_num_seqs={self.cache.max_seqs}, kv={self.cache.stats().bytes_total / 2**30:.2f} GiB)")
+                f"max_num_seqs={self.scheduler_config.max_num_seqs}, kv={self.cache.stats().bytes_total / 2**30:.2f} GiB)")
 
     def _encode(self, prompts) -> list[list[int]]:
         "One prompt or a list of them (strings or token ids) as token-id lists."
