@@ -117,7 +117,8 @@ def _attend(query, key_cache, value_cache, nheads, kvheads, p_dropout, scale_fac
             out = paged_decode(q.contiguous(), cache, layer, step.meta.q_seq, step.meta.q_pos, step.meta.max_len, scale_factor)
         else:
             from paged_flex.triton_prefill import paged_prefill, queries_per_tile
-            out = paged_prefill(q.contiguous(), cache, layer, step.tiles(queries_per_tile(nheads, kvheads)), scale_factor)
+            qpt = queries_per_tile(nheads, kvheads, page_size=cache.page_size, device=q.device)
+            out = paged_prefill(q.contiguous(), cache, layer, step.tiles(qpt), scale_factor)
     return out.unsqueeze(0)                                                  # [1, tokens, heads, head_dim]
 
 def _is_prefill(paged_step: PagedStep, **_) -> bool: return not paged_step.meta.decode

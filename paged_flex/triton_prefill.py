@@ -14,7 +14,8 @@ import os
 if os.environ.get("TRITON_INTERPRET") == "1": _interpreter_scalar_loop_bounds()
 
 # %% auto #0
-__all__ = ['PREFILL_CONFIG', 'prefill_tiles', 'heads_per_program', 'queries_per_tile', 'paged_prefill', 'triton_paged_prefill']
+__all__ = ['PREFILL_CONFIG', 'TMA_CONFIG', 'prefill_tiles', 'tma_prefill_ok', 'prefill_config', 'heads_per_program',
+           'queries_per_tile', 'paged_prefill', 'triton_paged_prefill']
 
 # %% ../nbs/06b_triton_prefill.ipynb #41fa14ad
 def prefill_tiles(seq_ids: torch.Tensor,    # [tokens] sequence of each query (runs of one sequence)
@@ -104,34 +105,127 @@ def _prefill_kernel(Q, K, V, O, BT, TILES,
     out = acc / l_i[:, None]
     tl.store(O + q_ptr, out.to(O.dtype.element_ty), mask=q_ok[:, None])
 
-# %% ../nbs/06b_triton_prefill.ipynb #0772f50a
+# %% ../nbs/06b_triton_prefill.ipynb #01fd9f6b
+@triton.jit
+def _attend_block_tma(acc, m_i, l_i, q, kd, vd, BT, seq, hk, j, stride_bt, qk_scale,
+                      D: tl.constexpr, P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+    "An unmasked block of BLOCK_N keys inside one page, fetched through tensor descriptors."
+    page = tl.load(BT + seq * stride_bt + (j * BLOCK_N) // P).to(tl.int32)
+    row = page * P + (j * BLOCK_N) % P
+    k = kd.load([row, hk * D])
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+    else:
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = vd.load([row, hk * D])
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i
+
+@triton.jit
+def _prefill_tma_kernel(Q, K, V, O, BT, TILES, n_slots,
+                        stride_qt, stride_qh, stride_kp, stride_kn, stride_kh, stride_bt, sm_scale,
+                        KV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, P: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+    tile, hg = tl.program_id(0), tl.program_id(1)
+    hk = (hg * GP) // G
+    seq = tl.load(TILES + tile * 4).to(tl.int64)
+    row0 = tl.load(TILES + tile * 4 + 1)
+    p0 = tl.load(TILES + tile * 4 + 2)
+    n_q = tl.load(TILES + tile * 4 + 3)
+    m = tl.arange(0, BLOCK_M)
+    d = tl.arange(0, D)
+    qi = m // GP
+    q_ok = qi < n_q
+    q_pos = p0 + qi
+    q_ptr = (row0 + qi).to(tl.int64)[:, None] * stride_qt + (hg * GP + m % GP)[:, None] * stride_qh + d[None, :]
+    q = tl.load(Q + q_ptr, mask=q_ok[:, None], other=0.0)
+    kd = tl.make_tensor_descriptor(K, shape=[n_slots, KV * D], strides=[KV * D, 1], block_shape=[BLOCK_N, D])
+    vd = tl.make_tensor_descriptor(V, shape=[n_slots, KV * D], strides=[KV * D, 1], block_shape=[BLOCK_N, D])
+    qk_scale = sm_scale * 1.4426950408889634
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    kv_end = p0 + n_q
+    n_free = p0 // BLOCK_N
+    for j in range(0, n_free):
+        acc, m_i, l_i = _attend_block_tma(acc, m_i, l_i, q, kd, vd, BT, seq, hk, j, stride_bt, qk_scale, D, P, BLOCK_N, IEEE)
+    for j in range(n_free, tl.cdiv(kv_end, BLOCK_N)):
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, K, V, BT, seq, hk, j, kv_end, q_pos, stride_kp, stride_kn, stride_kh,
+                                      stride_bt, qk_scale, D, P, BLOCK_N, IEEE, True)
+    out = acc / l_i[:, None]
+    tl.store(O + q_ptr, out.to(O.dtype.element_ty), mask=q_ok[:, None])
+
+# %% ../nbs/06b_triton_prefill.ipynb #edf60d34
 PREFILL_CONFIG = dict(block_m=64, block_n=64, num_warps=4, num_stages=2, pack_heads=True)   # tile rows, keys, warps, stages
+TMA_CONFIG = dict(block_m=128, block_n=64, num_warps=4, num_stages=3, pack_heads=True)       # whole-page blocks by bulk copy
+
+def tma_prefill_ok(device, page_size: int, block_n: int = TMA_CONFIG["block_n"]) -> bool:
+    "Can the bulk-copy variant run: a GPU of compute capability 9+, Triton with tensor descriptors, pages of whole key blocks?"
+    device = torch.device(device)
+    return (device.type == "cuda" and hasattr(tl, "make_tensor_descriptor") and page_size % block_n == 0
+            and torch.cuda.get_device_capability(device)[0] >= 9)
+
+def prefill_config(page_size: int, device) -> dict:
+    "The prefill kernel's default configuration for this page size on this device (`tma` says which variant)."
+    return dict(TMA_CONFIG, tma=True) if tma_prefill_ok(device, page_size) else dict(PREFILL_CONFIG, tma=False)
+
+_ALLOCATOR_SET = False
+def _ensure_tma_allocator() -> None:
+    "Tensor descriptors made inside a kernel need scratch memory from Triton's allocator: give it PyTorch's, once."
+    global _ALLOCATOR_SET
+    if not _ALLOCATOR_SET:
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+        _ALLOCATOR_SET = True
 
 def heads_per_program(num_heads: int, num_kv_heads: int, block_m: int, pack_heads: bool = True) -> int:
     "Query heads one program computes: the whole GQA group of a KV head when packing and it divides the tile, else 1."
     G = num_heads // num_kv_heads
     return G if pack_heads and G > 1 and block_m % G == 0 and G & (G - 1) == 0 else 1
 
-def queries_per_tile(num_heads: int, num_kv_heads: int, block_m: int | None = None, pack_heads: bool | None = None) -> int:
-    "Queries in one tile of `prefill_tiles` for this head layout and tile: `block_m` rows / heads per program."
-    block_m = block_m or PREFILL_CONFIG["block_m"]
-    pack = PREFILL_CONFIG["pack_heads"] if pack_heads is None else pack_heads
+def queries_per_tile(num_heads: int, num_kv_heads: int, block_m: int | None = None, pack_heads: bool | None = None,
+                     page_size: int | None = None, device=None) -> int:
+    "Queries in one tile of `prefill_tiles`: `block_m` rows / heads per program (defaults: the config for `page_size` on `device`)."
+    base = prefill_config(page_size, device) if page_size is not None and device is not None else PREFILL_CONFIG
+    block_m = block_m or base["block_m"]
+    pack = base["pack_heads"] if pack_heads is None else pack_heads
     return block_m // heads_per_program(num_heads, num_kv_heads, block_m, pack)
 
 def paged_prefill(q: torch.Tensor,          # [tokens, num_heads, head_dim] packed queries
                   cache: PagedKVCache, layer: int,
                   tiles: torch.Tensor,      # [num_tiles, 4] int32 from `prefill_tiles(..., queries_per_tile(...))`, on q's device
                   scale: float | None = None, block_m: int | None = None, block_n: int | None = None,
-                  num_warps: int | None = None, num_stages: int | None = None, pack_heads: bool | None = None) -> torch.Tensor:
+                  num_warps: int | None = None, num_stages: int | None = None, pack_heads: bool | None = None,
+                  tma: bool | None = None) -> torch.Tensor:
     "Causal paged attention for packed prefill chunks (and any decode tokens among them). Returns `[tokens, num_heads, head_dim]`."
     T, H, D = q.shape
     check_triton_head_dim(D)
-    cfg = {k: v if v is not None else PREFILL_CONFIG[k] for k, v in
+    base = prefill_config(cache.page_size, q.device)
+    cfg = {k: v if v is not None else base[k] for k, v in
            dict(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages, pack_heads=pack_heads).items()}
+    can_tma = tma_prefill_ok(q.device, cache.page_size, cfg["block_n"])
+    if tma and not can_tma:
+        raise ValueError(f"tma=True needs a GPU of compute capability 9+ and page_size ({cache.page_size}) a multiple of "
+                         f"block_n ({cfg['block_n']})")
+    use_tma = can_tma if tma is None else tma
     GP = heads_per_program(H, cache.num_kv_heads, cfg["block_m"], cfg["pack_heads"])
     k, v = cache.k[layer], cache.v[layer]                        # [num_pages, page_size, kv_heads, D]
     out = torch.empty_like(q)
     scale = scale if scale is not None else 1.0 / math.sqrt(D)
+    if use_tma:
+        _ensure_tma_allocator()
+        _prefill_tma_kernel[(tiles.shape[0], H // GP)](
+            q, k, v, out, cache.block_table, tiles, k.shape[0] * k.shape[1],
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), cache.block_table.stride(0), scale,
+            KV=cache.num_kv_heads, G=H // cache.num_kv_heads, GP=GP, D=D, P=cache.page_size, BLOCK_M=cfg["block_m"],
+            BLOCK_N=cfg["block_n"], IEEE=q.dtype == torch.float32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        return out
     _prefill_kernel[(tiles.shape[0], H // GP)](
         q, k, v, out, cache.block_table, tiles,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), cache.block_table.stride(0), scale,
@@ -142,5 +236,6 @@ def paged_prefill(q: torch.Tensor,          # [tokens, num_heads, head_dim] pack
 def triton_paged_prefill(q, cache, layer, seq_ids, positions, scale=None):
     "`paged_attention` for packed batches through the Triton prefill kernel."
     if not q.is_contiguous(): q = q.contiguous()
-    tiles = prefill_tiles(seq_ids.cpu(), positions.cpu(), queries_per_tile(q.shape[1], cache.num_kv_heads)).to(q.device)
+    qpt = queries_per_tile(q.shape[1], cache.num_kv_heads, page_size=cache.page_size, device=q.device)
+    tiles = prefill_tiles(seq_ids.cpu(), positions.cpu(), qpt).to(q.device)
     return paged_prefill(q, cache, layer, tiles, scale)

@@ -8,7 +8,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from common import packed_prefill_case
 from paged_flex.cache import PagedKVCache, reference_attention
 from paged_flex.attention import random_case, poison, paged_attention
-from paged_flex.triton_prefill import paged_prefill, prefill_tiles, queries_per_tile, PREFILL_CONFIG
+from paged_flex.triton_prefill import paged_prefill, prefill_tiles, queries_per_tile, PREFILL_CONFIG, prefill_config, tma_prefill_ok
 warnings.filterwarnings("ignore")
 dev, dt, HQ, HKV, D = "cuda", torch.bfloat16, 32, 8, 128
 res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -51,7 +51,7 @@ rows = []
 CONFIGS = [(pack, bm, bn, w, st) for pack in (True, False) for bm, bn, w, st in
            [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 2), (128, 32, 4, 3), (64, 128, 4, 3)]]
 def run_config(cache, P, pack, bm, bn, w, st):
-    r = {"page": P, "pack_heads": pack, "block_m": bm, "block_n": bn, "warps": w, "stages": st}
+    r = {"page": P, "pack_heads": pack, "block_m": bm, "block_n": bn, "warps": w, "stages": st, "tma": tma_prefill_ok(dev, P, bn)}
     try:
         tiles = prefill_tiles(ids.cpu(), posn.cpu(), queries_per_tile(HQ, HKV, bm, pack)).to(dev)
         fn = lambda: paged_prefill(q, cache, 0, tiles, block_m=bm, block_n=bn, num_warps=w, num_stages=st, pack_heads=pack)
@@ -69,23 +69,21 @@ for P in (16, 32, 64, 128):
     for i, n in enumerate(lens): cache.reserve(i, n)
     cache.write(0, cache.slots(ids, posn), k, v)
     caches[P] = cache
-for P in (16, 64):                                       # the sweep
+for P in (16, 64):                                       # the sweep (page 64: the TMA kernel where block_n divides it)
     rows += [run_config(caches[P], P, *c) for c in CONFIGS]
-ok = [r for r in rows if "us" in r]
-best_cfg = min(CONFIGS, key=lambda c: sum(r["us"] for r in ok if (r["pack_heads"], r["block_m"], r["block_n"], r["warps"], r["stages"]) == c))
-print("best config over pages 16 and 64:", best_cfg, flush=True)
-pre["best_config"] = dict(zip(("pack_heads", "block_m", "block_n", "num_warps", "num_stages"), best_cfg))
-for P in (32, 128): rows.append(run_config(caches[P], P, *best_cfg))
 import time
+pre["default_configs"] = {}
 for P in (16, 32, 64, 128):
-    r = next(r for r in rows if r["page"] == P and (r["pack_heads"], r["block_m"], r["block_n"], r["warps"], r["stages"]) == best_cfg)
+    c = prefill_config(P, dev); pre["default_configs"][P] = c
+    r = run_config(caches[P], P, c["pack_heads"], c["block_m"], c["block_n"], c["num_warps"], c["num_stages"])
+    rows.append(r)
     best = min((x for x in rows if x["page"] == P and "us" in x), key=lambda x: x["us"])
-    t0 = time.perf_counter(); [prefill_tiles(ids.cpu(), posn.cpu(), queries_per_tile(HQ, HKV, best_cfg[1], best_cfg[0])) for _ in range(10)]
+    t0 = time.perf_counter(); [prefill_tiles(ids.cpu(), posn.cpu(), queries_per_tile(HQ, HKV, page_size=P, device=dev)) for _ in range(10)]
     host = (time.perf_counter() - t0) / 10 * 1e6
     pre[f"best_p{P}"] = dict(r, tiles_host_us=host, ratio_vs_sdpa_per_seq=r["us"] / pre["sdpa_per_seq_us"],
                              ratio_vs_sdpa_flash=r["us"] / pre["sdpa_per_seq_flash_attention_us"],
                              ratio_vs_sdpa_cudnn=r["us"] / pre["sdpa_per_seq_cudnn_attention_us"], fastest_at_this_page=best)
-    print(f"page {P}: default-config {r['us']:.0f} us = {r['us'] / pre['sdpa_per_seq_us']:.3f}x SDPA per seq "
+    print(f"page {P}: default config ({'TMA' if r['tma'] else 'pointer'} kernel) {r['us']:.0f} us = {r['us'] / pre['sdpa_per_seq_us']:.3f}x SDPA per seq "
           f"({r['us'] / pre['sdpa_per_seq_flash_attention_us']:.2f}x its FlashAttention backend); fastest here {best['us']:.0f} us", flush=True)
 pre["configs"] = rows
 res["prefill"] = pre
