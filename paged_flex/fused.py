@@ -104,8 +104,10 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:   # [..., 2N] gate then up -> [..
     return y.view(*x.shape[:-1], N)
 
 # %% ../nbs/09b_fused.ipynb #b52a4370
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"   # read once: Triton reads it once too
+
 def _kernels_for(x: torch.Tensor) -> bool:
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return x.is_cuda or _INTERPRETED
 
 def _norm_forward(self, x):
     if not _kernels_for(x): return type(self).forward(self, x)

@@ -37,21 +37,26 @@ def prefill_tiles(seq_ids: torch.Tensor,    # [tokens] sequence of each query (r
 
 # %% ../nbs/06b_triton_prefill.ipynb #179f2e97
 @triton.jit
-def _attend_block(acc, m_i, l_i, q, K, V, BT, seq, hk, j, kv_end, q_pos, stride_kp, stride_kn, stride_kh, stride_bt, qk_scale,
-                  D: tl.constexpr, P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, DIAGONAL: tl.constexpr):
-    "One block of BLOCK_N keys: scores, online softmax, accumulate. Only diagonal blocks mask."
+def _attend_block(acc, m_i, l_i, q, K, V, kd, vd, BT, seq, hk, j, kv_end, q_pos, stride_kp, stride_kn, stride_kh, stride_bt,
+                  qk_scale, D: tl.constexpr, P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+                  DIAGONAL: tl.constexpr, TMA: tl.constexpr):
+    "One block of BLOCK_N keys: scores, online softmax, accumulate. Only diagonal blocks mask; TMA blocks lie in one page."
     n = j * BLOCK_N + tl.arange(0, BLOCK_N)
     d = tl.arange(0, D)
-    if DIAGONAL:
-        ok = n < kv_end
-        page = tl.load(BT + seq * stride_bt + n // P, mask=ok, other=0).to(tl.int64)
+    if TMA:                                             # one lookup: the block's first slot, then bulk copies
+        row = tl.load(BT + seq * stride_bt + (j * BLOCK_N) // P).to(tl.int32) * P + (j * BLOCK_N) % P
+        k = kd.load([row, hk * D])
     else:
-        page = tl.load(BT + seq * stride_bt + n // P).to(tl.int64)
-    kv_row = page * stride_kp + (n % P) * stride_kn + hk * stride_kh
-    if DIAGONAL:
-        k = tl.load(K + kv_row[:, None] + d[None, :], mask=ok[:, None], other=0.0)
-    else:
-        k = tl.load(K + kv_row[:, None] + d[None, :])
+        if DIAGONAL:
+            ok = n < kv_end
+            page = tl.load(BT + seq * stride_bt + n // P, mask=ok, other=0).to(tl.int64)
+        else:
+            page = tl.load(BT + seq * stride_bt + n // P).to(tl.int64)
+        kv_row = page * stride_kp + (n % P) * stride_kn + hk * stride_kh
+        if DIAGONAL:
+            k = tl.load(K + kv_row[:, None] + d[None, :], mask=ok[:, None], other=0.0)
+        else:
+            k = tl.load(K + kv_row[:, None] + d[None, :])
     if IEEE:
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
     else:
@@ -62,10 +67,13 @@ def _attend_block(acc, m_i, l_i, q, K, V, BT, seq, hk, j, kv_end, q_pos, stride_
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    if DIAGONAL:
-        v = tl.load(V + kv_row[:, None] + d[None, :], mask=ok[:, None], other=0.0)
+    if TMA:
+        v = vd.load([row, hk * D])
     else:
-        v = tl.load(V + kv_row[:, None] + d[None, :])
+        if DIAGONAL:
+            v = tl.load(V + kv_row[:, None] + d[None, :], mask=ok[:, None], other=0.0)
+        else:
+            v = tl.load(V + kv_row[:, None] + d[None, :])
     if IEEE:
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
     else:
@@ -73,10 +81,10 @@ def _attend_block(acc, m_i, l_i, q, K, V, BT, seq, hk, j, kv_end, q_pos, stride_
     return acc, m_new, l_i
 
 @triton.jit
-def _prefill_kernel(Q, K, V, O, BT, TILES,
+def _prefill_kernel(Q, K, V, O, BT, TILES, n_slots,
                     stride_qt, stride_qh, stride_kp, stride_kn, stride_kh, stride_bt, sm_scale,
-                    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, P: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+                    KV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, P: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr):
     tile, hg = tl.program_id(0), tl.program_id(1)       # hg: a group of GP query heads that share one KV head
     hk = (hg * GP) // G
     seq = tl.load(TILES + tile * 4).to(tl.int64)
@@ -90,6 +98,11 @@ def _prefill_kernel(Q, K, V, O, BT, TILES,
     q_pos = p0 + qi
     q_ptr = (row0 + qi).to(tl.int64)[:, None] * stride_qt + (hg * GP + m % GP)[:, None] * stride_qh + d[None, :]
     q = tl.load(Q + q_ptr, mask=q_ok[:, None], other=0.0)
+    if TMA:                                             # the pool as [slots, kv_heads * head_dim]
+        kd = tl.make_tensor_descriptor(K, shape=[n_slots, KV * D], strides=[KV * D, 1], block_shape=[BLOCK_N, D])
+        vd = tl.make_tensor_descriptor(V, shape=[n_slots, KV * D], strides=[KV * D, 1], block_shape=[BLOCK_N, D])
+    else:
+        kd, vd = K, V
     qk_scale = sm_scale * 1.4426950408889634
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -97,72 +110,15 @@ def _prefill_kernel(Q, K, V, O, BT, TILES,
     kv_end = p0 + n_q                                   # keys 0 .. kv_end-1 are visible to someone in the tile
     n_free = p0 // BLOCK_N                              # key blocks before the tile's first query: no mask
     for j in range(0, n_free):
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, K, V, BT, seq, hk, j, kv_end, q_pos, stride_kp, stride_kn, stride_kh,
-                                      stride_bt, qk_scale, D, P, BLOCK_N, IEEE, False)
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, K, V, kd, vd, BT, seq, hk, j, kv_end, q_pos, stride_kp, stride_kn,
+                                      stride_kh, stride_bt, qk_scale, D, P, BLOCK_N, IEEE, False, TMA)
     for j in range(n_free, tl.cdiv(kv_end, BLOCK_N)):
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, K, V, BT, seq, hk, j, kv_end, q_pos, stride_kp, stride_kn, stride_kh,
-                                      stride_bt, qk_scale, D, P, BLOCK_N, IEEE, True)
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, K, V, kd, vd, BT, seq, hk, j, kv_end, q_pos, stride_kp, stride_kn,
+                                      stride_kh, stride_bt, qk_scale, D, P, BLOCK_N, IEEE, True, False)
     out = acc / l_i[:, None]
     tl.store(O + q_ptr, out.to(O.dtype.element_ty), mask=q_ok[:, None])
 
 # %% ../nbs/06b_triton_prefill.ipynb #01fd9f6b
-@triton.jit
-def _attend_block_tma(acc, m_i, l_i, q, kd, vd, BT, seq, hk, j, stride_bt, qk_scale,
-                      D: tl.constexpr, P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
-    "An unmasked block of BLOCK_N keys inside one page, fetched through tensor descriptors."
-    page = tl.load(BT + seq * stride_bt + (j * BLOCK_N) // P).to(tl.int32)
-    row = page * P + (j * BLOCK_N) % P
-    k = kd.load([row, hk * D])
-    if IEEE:
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-    else:
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    v = vd.load([row, hk * D])
-    if IEEE:
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-    else:
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    return acc, m_new, l_i
-
-@triton.jit
-def _prefill_tma_kernel(Q, K, V, O, BT, TILES, n_slots,
-                        stride_qt, stride_qh, stride_kp, stride_kn, stride_kh, stride_bt, sm_scale,
-                        KV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, P: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
-    tile, hg = tl.program_id(0), tl.program_id(1)
-    hk = (hg * GP) // G
-    seq = tl.load(TILES + tile * 4).to(tl.int64)
-    row0 = tl.load(TILES + tile * 4 + 1)
-    p0 = tl.load(TILES + tile * 4 + 2)
-    n_q = tl.load(TILES + tile * 4 + 3)
-    m = tl.arange(0, BLOCK_M)
-    d = tl.arange(0, D)
-    qi = m // GP
-    q_ok = qi < n_q
-    q_pos = p0 + qi
-    q_ptr = (row0 + qi).to(tl.int64)[:, None] * stride_qt + (hg * GP + m % GP)[:, None] * stride_qh + d[None, :]
-    q = tl.load(Q + q_ptr, mask=q_ok[:, None], other=0.0)
-    kd = tl.make_tensor_descriptor(K, shape=[n_slots, KV * D], strides=[KV * D, 1], block_shape=[BLOCK_N, D])
-    vd = tl.make_tensor_descriptor(V, shape=[n_slots, KV * D], strides=[KV * D, 1], block_shape=[BLOCK_N, D])
-    qk_scale = sm_scale * 1.4426950408889634
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
-    kv_end = p0 + n_q
-    n_free = p0 // BLOCK_N
-    for j in range(0, n_free):
-        acc, m_i, l_i = _attend_block_tma(acc, m_i, l_i, q, kd, vd, BT, seq, hk, j, stride_bt, qk_scale, D, P, BLOCK_N, IEEE)
-    for j in range(n_free, tl.cdiv(kv_end, BLOCK_N)):
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, K, V, BT, seq, hk, j, kv_end, q_pos, stride_kp, stride_kn, stride_kh,
-                                      stride_bt, qk_scale, D, P, BLOCK_N, IEEE, True)
-    out = acc / l_i[:, None]
-    tl.store(O + q_ptr, out.to(O.dtype.element_ty), mask=q_ok[:, None])
-
-# %% ../nbs/06b_triton_prefill.ipynb #edf60d34
 PREFILL_CONFIG = dict(block_m=64, block_n=64, num_warps=4, num_stages=2, pack_heads=True)   # tile rows, keys, warps, stages
 TMA_CONFIG = dict(block_m=128, block_n=64, num_warps=4, num_stages=3, pack_heads=True)       # whole-page blocks by bulk copy
 
@@ -218,19 +174,12 @@ def paged_prefill(q: torch.Tensor,          # [tokens, num_heads, head_dim] pack
     k, v = cache.k[layer], cache.v[layer]                        # [num_pages, page_size, kv_heads, D]
     out = torch.empty_like(q)
     scale = scale if scale is not None else 1.0 / math.sqrt(D)
-    if use_tma:
-        _ensure_tma_allocator()
-        _prefill_tma_kernel[(tiles.shape[0], H // GP)](
-            q, k, v, out, cache.block_table, tiles, k.shape[0] * k.shape[1],
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), cache.block_table.stride(0), scale,
-            KV=cache.num_kv_heads, G=H // cache.num_kv_heads, GP=GP, D=D, P=cache.page_size, BLOCK_M=cfg["block_m"],
-            BLOCK_N=cfg["block_n"], IEEE=q.dtype == torch.float32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-        return out
+    if use_tma: _ensure_tma_allocator()
     _prefill_kernel[(tiles.shape[0], H // GP)](
-        q, k, v, out, cache.block_table, tiles,
+        q, k, v, out, cache.block_table, tiles, k.shape[0] * k.shape[1],
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), cache.block_table.stride(0), scale,
-        G=H // cache.num_kv_heads, GP=GP, D=D, P=cache.page_size, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
-        IEEE=q.dtype == torch.float32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        KV=cache.num_kv_heads, G=H // cache.num_kv_heads, GP=GP, D=D, P=cache.page_size, BLOCK_M=cfg["block_m"],
+        BLOCK_N=cfg["block_n"], IEEE=q.dtype == torch.float32, TMA=use_tma, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
 
 def triton_paged_prefill(q, cache, layer, seq_ids, positions, scale=None):
