@@ -117,7 +117,8 @@ def _attend(query, key_cache, value_cache, nheads, kvheads, p_dropout, scale_fac
             out = paged_decode(q.contiguous(), cache, layer, step.meta.q_seq, step.meta.q_pos, step.meta.max_len, scale_factor)
         else:
             from paged_flex.triton_prefill import paged_prefill, queries_per_tile
-            qpt = queries_per_tile(nheads, kvheads, page_size=cache.page_size, device=q.device)
+            qpt = queries_per_tile(nheads, kvheads, page_size=cache.page_size, device=q.device, dtype=q.dtype,
+                                   head_dim=q.shape[-1])
             out = paged_prefill(q.contiguous(), cache, layer, step.tiles(qpt), scale_factor)
     return out.unsqueeze(0)                                                  # [1, tokens, heads, head_dim]
 

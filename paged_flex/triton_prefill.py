@@ -128,9 +128,13 @@ def tma_prefill_ok(device, page_size: int, block_n: int = TMA_CONFIG["block_n"])
     return (device.type == "cuda" and hasattr(tl, "make_tensor_descriptor") and page_size % block_n == 0
             and torch.cuda.get_device_capability(device)[0] >= 9)
 
-def prefill_config(page_size: int, device) -> dict:
-    "The prefill kernel's default configuration for this page size on this device (`tma` says which variant)."
-    return dict(TMA_CONFIG, tma=True) if tma_prefill_ok(device, page_size) else dict(PREFILL_CONFIG, tma=False)
+def prefill_config(page_size: int, device, dtype: torch.dtype | None = None, head_dim: int | None = None) -> dict:
+    "The default prefill kernel and its configuration here: `kernel` is 'hopper' (06c, needs `dtype` and `head_dim`), 'tma' or 'pointer'."
+    if dtype is not None and head_dim is not None:
+        from paged_flex.hopper_prefill import hopper_prefill_ok, HOPPER_CONFIG
+        if hopper_prefill_ok(device, dtype, head_dim, page_size): return dict(HOPPER_CONFIG, kernel="hopper", tma=False)
+    if tma_prefill_ok(device, page_size): return dict(TMA_CONFIG, kernel="tma", tma=True)
+    return dict(PREFILL_CONFIG, kernel="pointer", tma=False)
 
 _ALLOCATOR_SET = False
 def _ensure_tma_allocator() -> None:
@@ -146,22 +150,27 @@ def heads_per_program(num_heads: int, num_kv_heads: int, block_m: int, pack_head
     return G if pack_heads and G > 1 and block_m % G == 0 and G & (G - 1) == 0 else 1
 
 def queries_per_tile(num_heads: int, num_kv_heads: int, block_m: int | None = None, pack_heads: bool | None = None,
-                     page_size: int | None = None, device=None) -> int:
-    "Queries in one tile of `prefill_tiles`: `block_m` rows / heads per program (defaults: the config for `page_size` on `device`)."
-    base = prefill_config(page_size, device) if page_size is not None and device is not None else PREFILL_CONFIG
+                     page_size: int | None = None, device=None, dtype: torch.dtype | None = None,
+                     head_dim: int | None = None) -> int:
+    "Queries in one tile of `prefill_tiles`: `block_m` rows / heads per program (defaults: `prefill_config(page_size, device, dtype, head_dim)`)."
+    base = prefill_config(page_size, device, dtype, head_dim) if page_size is not None and device is not None else PREFILL_CONFIG
     block_m = block_m or base["block_m"]
     pack = base["pack_heads"] if pack_heads is None else pack_heads
     return block_m // heads_per_program(num_heads, num_kv_heads, block_m, pack)
 
 def paged_prefill(q: torch.Tensor,          # [tokens, num_heads, head_dim] packed queries
                   cache: PagedKVCache, layer: int,
-                  tiles: torch.Tensor,      # [num_tiles, 4] int32 from `prefill_tiles(..., queries_per_tile(...))`, on q's device
+                  tiles: torch.Tensor,      # [num_tiles, 4] int32 from `prefill_tiles(..., queries_per_tile(..., dtype, head_dim))`, on q's device
                   scale: float | None = None, block_m: int | None = None, block_n: int | None = None,
                   num_warps: int | None = None, num_stages: int | None = None, pack_heads: bool | None = None,
                   tma: bool | None = None) -> torch.Tensor:
     "Causal paged attention for packed prefill chunks (and any decode tokens among them). Returns `[tokens, num_heads, head_dim]`."
     T, H, D = q.shape
     check_triton_head_dim(D)
+    if all(x is None for x in (block_m, block_n, num_warps, num_stages, pack_heads, tma)):
+        if prefill_config(cache.page_size, q.device, q.dtype, D)["kernel"] == "hopper":   # notebook 06c's kernel
+            from paged_flex.hopper_prefill import hopper_prefill
+            return hopper_prefill(q, cache, layer, tiles, scale)
     base = prefill_config(cache.page_size, q.device)
     cfg = {k: v if v is not None else base[k] for k, v in
            dict(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages, pack_heads=pack_heads).items()}
@@ -185,6 +194,7 @@ def paged_prefill(q: torch.Tensor,          # [tokens, num_heads, head_dim] pack
 def triton_paged_prefill(q, cache, layer, seq_ids, positions, scale=None):
     "`paged_attention` for packed batches through the Triton prefill kernel."
     if not q.is_contiguous(): q = q.contiguous()
-    qpt = queries_per_tile(q.shape[1], cache.num_kv_heads, page_size=cache.page_size, device=q.device)
+    qpt = queries_per_tile(q.shape[1], cache.num_kv_heads, page_size=cache.page_size, device=q.device, dtype=q.dtype,
+                           head_dim=q.shape[2])
     tiles = prefill_tiles(seq_ids.cpu(), positions.cpu(), qpt).to(q.device)
     return paged_prefill(q, cache, layer, tiles, scale)

@@ -1,5 +1,7 @@
-"""Paged prefill on the GPU: correctness of the Triton prefill kernel (NaN-poisoned pages, three dtypes), then
-16 packed sequences of 128-4096 tokens against SDPA per sequence and padded SDPA, in one process.
+"""Paged prefill on the GPU: correctness of the prefill kernels (NaN-poisoned pages, three dtypes; bf16/fp16 go to the
+warp-specialised Hopper kernel of notebook 06c on an H100, fp32 to 06b's Triton kernel), then 16 packed sequences of
+128-4096 tokens against SDPA per sequence and padded SDPA, in one process: 06c's kernel (default, and a few
+configurations) and 06b's Triton kernels.
 usage: python tools/gpu/prefill_bench.py   (writes $OUT/prefill_bench.json)"""
 import itertools, json, os, random, sys, datetime, warnings
 import torch, torch.nn.functional as F
@@ -8,7 +10,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from common import packed_prefill_case
 from paged_flex.cache import PagedKVCache, reference_attention
 from paged_flex.attention import random_case, poison, paged_attention
-from paged_flex.triton_prefill import paged_prefill, prefill_tiles, queries_per_tile, PREFILL_CONFIG, prefill_config, tma_prefill_ok
+from paged_flex.triton_prefill import paged_prefill, prefill_tiles, queries_per_tile, PREFILL_CONFIG, prefill_config, tma_prefill_ok, heads_per_program
+from paged_flex.hopper_prefill import hopper_prefill, hopper_prefill_ok, HOPPER_CONFIG
 warnings.filterwarnings("ignore")
 dev, dt, HQ, HKV, D = "cuda", torch.bfloat16, 32, 8, 128
 res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -25,10 +28,15 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float16
                                                         device=dev, max_len=700, seed=seed, num_seqs=6)
                 ref = reference_attention(q, cache, 0, ids, pos)
                 poison(cache, batch, float("nan"))
-                o = paged_attention(q, cache, 0, ids, pos, backend="triton")
-                e = rel(o, ref); ok = (not o.isnan().any().item()) and e < tol
-                checks.append({"dtype": str(dtype), "head_dim": head_dim, "page": P, "seed": seed, "rel_err": e, "ok": ok})
-                if not ok: print("FAIL", checks[-1], flush=True)
+                kern = prefill_config(P, dev, dtype, head_dim)["kernel"]
+                outs = {kern: paged_attention(q, cache, 0, ids, pos, backend="triton")}
+                if kern == "hopper":                             # 06b's kernel on the same case, asked for explicitly
+                    t = prefill_tiles(ids.cpu(), pos.cpu(), queries_per_tile(H, KV, page_size=P, device=dev)).to(dev)
+                    outs["triton"] = paged_prefill(q, cache, 0, t, tma=tma_prefill_ok(dev, P))
+                for name, o in outs.items():
+                    e = rel(o, ref); ok = (not o.isnan().any().item()) and e < tol
+                    checks.append({"kernel": name, "dtype": str(dtype), "head_dim": head_dim, "page": P, "seed": seed, "rel_err": e, "ok": ok})
+                    if not ok: print("FAIL", checks[-1], flush=True)
 res["correctness"] = {"cases": len(checks), "failed": [c for c in checks if not c["ok"]],
                       "max_rel_err": {d: max(c["rel_err"] for c in checks if c["dtype"] == d) for d in {c["dtype"] for c in checks}}}
 print("correctness", res["correctness"]["cases"], "cases", len(res["correctness"]["failed"]), "failed", res["correctness"]["max_rel_err"], flush=True)
@@ -69,12 +77,38 @@ for P in (16, 32, 64, 128):
     for i, n in enumerate(lens): cache.reserve(i, n)
     cache.write(0, cache.slots(ids, posn), k, v)
     caches[P] = cache
-for P in (16, 64):                                       # the sweep (page 64: the TMA kernel where block_n divides it)
-    rows += [run_config(caches[P], P, *c) for c in CONFIGS]
+HOPPER_SWEEP = [(128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)]
+def run_hopper(cache, P, bm, bn, w, st):
+    r = {"page": P, "kernel": "hopper", "block_m": bm, "block_n": bn, "warps": w, "stages": st}
+    try:
+        tiles = prefill_tiles(ids.cpu(), posn.cpu(), bm // heads_per_program(HQ, HKV, bm)).to(dev)
+        fn = lambda: hopper_prefill(q, cache, 0, tiles, block_m=bm, block_n=bn, num_warps=w, num_stages=st)
+        o = fn(); torch.cuda.synchronize()
+        r["rel_err_vs_sdpa"] = ((o.float() - ref).norm() / ref.norm()).item()
+        r["us"] = bench(fn)
+    except Exception as ex:
+        r["error"] = repr(ex)[:300]
+    print(r, flush=True)
+    return r
+for P in (16, 64):                                       # small sweeps of both kernels
+    rows += [run_config(caches[P], P, *c) for c in CONFIGS[:4]]
+    rows += [run_hopper(caches[P], P, *c) for c in HOPPER_SWEEP]
+pre["hopper"] = {}
+for P in (16, 32, 64, 128):                              # the default path: paged_prefill with no options (06c's kernel here)
+    c = prefill_config(P, dev, dt, D)
+    tiles = prefill_tiles(ids.cpu(), posn.cpu(), queries_per_tile(HQ, HKV, page_size=P, device=dev, dtype=dt, head_dim=D)).to(dev)
+    fn = lambda: paged_prefill(q, caches[P], 0, tiles)
+    o = fn(); torch.cuda.synchronize()
+    r = {"page": P, "kernel": c["kernel"], "config": c, "rel_err_vs_sdpa": ((o.float() - ref).norm() / ref.norm()).item(), "us": bench(fn)}
+    r.update(ratio_vs_sdpa_per_seq=r["us"] / pre["sdpa_per_seq_us"], ratio_vs_sdpa_flash=r["us"] / pre["sdpa_per_seq_flash_attention_us"],
+             ratio_vs_sdpa_cudnn=r["us"] / pre["sdpa_per_seq_cudnn_attention_us"], tflops=flops / r["us"] / 1e6)
+    pre["hopper"][P] = r
+    print(f"page {P}: default path ({c['kernel']}) {r['us']:.0f} us = {r['ratio_vs_sdpa_per_seq']:.3f}x SDPA per seq, "
+          f"{r['ratio_vs_sdpa_cudnn']:.3f}x cuDNN, {r['ratio_vs_sdpa_flash']:.3f}x FlashAttention-2", flush=True)
 import time
 pre["default_configs"] = {}
 for P in (16, 32, 64, 128):
-    c = prefill_config(P, dev); pre["default_configs"][P] = c
+    c = prefill_config(P, dev); pre["default_configs"][P] = c         # 06b's Triton kernel, as before
     r = run_config(caches[P], P, c["pack_heads"], c["block_m"], c["block_n"], c["num_warps"], c["num_stages"])
     rows.append(r)
     best = min((x for x in rows if x["page"] == P and "us" in x), key=lambda x: x["us"])
@@ -87,5 +121,6 @@ for P in (16, 32, 64, 128):
           f"({r['us'] / pre['sdpa_per_seq_flash_attention_us']:.2f}x its FlashAttention backend); fastest here {best['us']:.0f} us", flush=True)
 pre["configs"] = rows
 res["prefill"] = pre
-print(f"SDPA per seq {pre['sdpa_per_seq_us']:.0f} us ({flops / pre['sdpa_per_seq_us'] / 1e6:.0f} TFLOP/s), padded {pre['sdpa_padded_us']:.0f} us")
+pre["sdpa_per_seq_us_end"] = bench(sdpa_per_seq)
+print(f"SDPA per seq {pre['sdpa_per_seq_us']:.0f} us (again at the end: {pre['sdpa_per_seq_us_end']:.0f}) ({flops / pre['sdpa_per_seq_us'] / 1e6:.0f} TFLOP/s), padded {pre['sdpa_padded_us']:.0f} us")
 json.dump(res, open(os.environ.get("OUT", ".") + "/prefill_bench.json", "w"), indent=1)
