@@ -14,12 +14,14 @@ try:
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     from triton.experimental.gluon.language.nvidia.hopper import (tma, mbarrier, fence_async_shared, warpgroup_mma,
                                                                   warpgroup_mma_wait)
+    _cta_sync = gl.thread_barrier
     HAVE_GLUON = True
-except ImportError:                                     # an older Triton: 06b's kernel serves every GPU
+except (ImportError, AttributeError):                   # another Triton: 06b's kernel serves every GPU
     HAVE_GLUON = False
+HAVE_GLUON = HAVE_GLUON and hasattr(tma, "async_copy_global_to_shared")   # Gluon's API as of Triton 3.6 (the H100's)
 
 # %% auto #0
-__all__ = ['HOPPER_CONFIG', 'hopper_prefill_ok', 'pool_descriptors', 'hopper_prefill', 'sm90_ptx_summary']
+__all__ = ['HAVE_GLUON', 'HOPPER_CONFIG', 'hopper_prefill_ok', 'pool_descriptors', 'hopper_prefill', 'sm90_ptx_summary']
 
 # %% ../nbs/06c_hopper_prefill.ipynb #e9a5dc57
 if HAVE_GLUON:
@@ -129,12 +131,12 @@ if HAVE_GLUON:
             ok = n < kv_end
             page = gl.load(BT + bt_row + n // P, mask=ok, other=0).to(gl.int64)
             kv_off = page * stride_kp + (n % P) * stride_kn + hk * stride_kh
-            gl.thread_barrier()                                     # both warp groups are done with the last block
+            _cta_sync()                                     # both warp groups are done with the last block
             for h in gl.static_range(NH):
                 k_smem.index(h).store(gl.load(K + kv_off[:, None] + h * 64 + dcol[None, :], mask=ok[:, None], other=0.0))
                 v_smem.index(h).store(gl.load(V + kv_off[:, None] + h * 64 + dcol[None, :], mask=ok[:, None], other=0.0))
             fence_async_shared()
-            gl.thread_barrier()
+            _cta_sync()
             s = _qk(q0, q1, k_smem, 0, s_zero, NH)
             s = gl.where((j * BLOCK_N + ns)[None, :] <= q_pos[:, None], s, float("-inf"))
             p, a_o, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, p_op, row_o, dtype)
