@@ -194,19 +194,18 @@ def hopper_prefill_ok(device, dtype: torch.dtype, head_dim: int, page_size: int,
             and dtype in (torch.bfloat16, torch.float16) and head_dim in (64, 128)
             and ps % 8 == 0 and page_size % ps == 0 and block_n % ps == 0)
 
-_DESCRIPTORS: dict = {}
 def pool_descriptors(cache: PagedKVCache, layer: int, block_n: int) -> tuple:
     "TMA descriptors over layer `layer`'s key and value pools seen as `[slots, kv_heads * head_dim]`: pieces of `min(page_size, block_n)` rows x 64 columns."
     k, v = cache.k[layer], cache.v[layer]
     ps = min(cache.page_size, block_n)
-    key = (k.data_ptr(), v.data_ptr(), tuple(k.shape), k.dtype, ps)
-    if key not in _DESCRIPTORS:
+    kept = cache.__dict__.setdefault("_hopper_descriptors", {})      # they live and die with the cache
+    key = (layer, k.data_ptr(), v.data_ptr(), ps)
+    if key not in kept:
         n_slots, row = k.shape[0] * k.shape[1], k.shape[2] * k.shape[3]
         layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-        _DESCRIPTORS[key] = (TensorDescriptor(k.view(n_slots, row), [n_slots, row], [row, 1], [ps, 64], layout),
-                             TensorDescriptor(v.view(n_slots, row), [n_slots, row], [row, 1], [ps, 64], layout), ps)
-        if len(_DESCRIPTORS) > 256: _DESCRIPTORS.pop(next(iter(_DESCRIPTORS)))
-    return _DESCRIPTORS[key]
+        kept[key] = (TensorDescriptor(k.view(n_slots, row), [n_slots, row], [row, 1], [ps, 64], layout),
+                     TensorDescriptor(v.view(n_slots, row), [n_slots, row], [row, 1], [ps, 64], layout), ps)
+    return kept[key]
 
 def hopper_prefill(q: torch.Tensor,         # [tokens, num_heads, head_dim] packed queries, bf16/fp16
                    cache: PagedKVCache, layer: int,
@@ -236,7 +235,7 @@ def hopper_prefill(q: torch.Tensor,         # [tokens, num_heads, head_dim] pack
         num_warps=c["num_warps"])
     return out
 
-# %% ../nbs/06c_hopper_prefill.ipynb #4f4049fc
+# %% ../nbs/06c_hopper_prefill.ipynb #8e5b5f73
 def sm90_ptx_summary(page_size: int = 16, head_dim: int = 128, dtype: str = "bf16", **config) -> dict:
     "Compile the kernel for an sm_90 GPU (no GPU needed; `HOPPER_CONFIG` updated by `config`) and count key PTX instructions."
     import os, re, json, subprocess, sys
