@@ -4,7 +4,7 @@
 
 # %% ../nbs/06b_triton_prefill.ipynb #240d6e4a
 from __future__ import annotations
-import math
+import functools, math
 import torch
 import triton
 import triton.language as tl
@@ -14,8 +14,8 @@ import os
 if os.environ.get("TRITON_INTERPRET") == "1": _interpreter_scalar_loop_bounds()
 
 # %% auto #0
-__all__ = ['PREFILL_CONFIG', 'TMA_CONFIG', 'prefill_tiles', 'tma_prefill_ok', 'prefill_config', 'heads_per_program',
-           'queries_per_tile', 'paged_prefill', 'triton_paged_prefill']
+__all__ = ['PREFILL_CONFIG', 'TMA_CONFIG', 'prefill_tiles', 'cuda_capability', 'tma_prefill_ok', 'prefill_config',
+           'heads_per_program', 'queries_per_tile', 'paged_prefill', 'triton_paged_prefill']
 
 # %% ../nbs/06b_triton_prefill.ipynb #41fa14ad
 def prefill_tiles(seq_ids: torch.Tensor,    # [tokens] sequence of each query (runs of one sequence)
@@ -122,11 +122,19 @@ def _prefill_kernel(Q, K, V, O, BT, TILES, n_slots,
 PREFILL_CONFIG = dict(block_m=64, block_n=64, num_warps=4, num_stages=2, pack_heads=True)   # tile rows, keys, warps, stages
 TMA_CONFIG = dict(block_m=128, block_n=64, num_warps=4, num_stages=3, pack_heads=True)       # whole-page blocks by bulk copy
 
+@functools.lru_cache(maxsize=None)
+def _capability(device: torch.device) -> tuple[int, int]: return torch.cuda.get_device_capability(device)
+
+def cuda_capability(device) -> tuple[int, int]:
+    "Compute capability of a CUDA device, asked of the driver once per device (the prefill path checks it every layer)."
+    device = torch.device(device)
+    return _capability(device if device.index is not None else torch.device("cuda", torch.cuda.current_device()))
+
 def tma_prefill_ok(device, page_size: int, block_n: int = TMA_CONFIG["block_n"]) -> bool:
     "Can the bulk-copy variant run: a GPU of compute capability 9+, Triton with tensor descriptors, pages of whole key blocks?"
     device = torch.device(device)
     return (device.type == "cuda" and hasattr(tl, "make_tensor_descriptor") and page_size % block_n == 0
-            and torch.cuda.get_device_capability(device)[0] >= 9)
+            and cuda_capability(device)[0] >= 9)
 
 def prefill_config(page_size: int, device, dtype: torch.dtype | None = None, head_dim: int | None = None) -> dict:
     "The default prefill kernel and its configuration here: `kernel` is 'hopper' (06c, needs `dtype` and `head_dim`), 'tma' or 'pointer'."
@@ -167,11 +175,11 @@ def paged_prefill(q: torch.Tensor,          # [tokens, num_heads, head_dim] pack
     "Causal paged attention for packed prefill chunks (and any decode tokens among them). Returns `[tokens, num_heads, head_dim]`."
     T, H, D = q.shape
     check_triton_head_dim(D)
-    if all(x is None for x in (block_m, block_n, num_warps, num_stages, pack_heads, tma)):
-        if prefill_config(cache.page_size, q.device, q.dtype, D)["kernel"] == "hopper":   # notebook 06c's kernel
-            from paged_flex.hopper_prefill import hopper_prefill
-            return hopper_prefill(q, cache, layer, tiles, scale)
-    base = prefill_config(cache.page_size, q.device)
+    defaults = all(x is None for x in (block_m, block_n, num_warps, num_stages, pack_heads, tma))
+    base = prefill_config(cache.page_size, q.device, *((q.dtype, D) if defaults else (None, None)))
+    if base["kernel"] == "hopper":                                       # notebook 06c's kernel, checked by prefill_config
+        from paged_flex.hopper_prefill import _hopper_launch
+        return _hopper_launch(q, cache, layer, tiles, scale, base)
     cfg = {k: v if v is not None else base[k] for k, v in
            dict(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages, pack_heads=pack_heads).items()}
     can_tma = tma_prefill_ok(q.device, cache.page_size, cfg["block_n"])

@@ -10,7 +10,8 @@
 Random weights (latency does not depend on them), written as a Hugging Face folder and loaded with
 `paged_flex.fms.load_llama`; one FMS model serves all three ways. A step is timed on the host clock from
 before the metadata to after the next tokens reach the host (`.tolist()` synchronises), so Python overhead is
-part of the latency: the engine has no CUDA graphs yet.
+part of the latency of these three; a fourth way, "paged_graphs", replays the paged step as a CUDA graph, as the
+engine's decode does.
 usage: python tools/gpu/latency_bench.py [llama3-8b smollm2-135m ...] [--budget S]   (writes $OUT/latency_h100.json)"""
 from __future__ import annotations
 import argparse, datetime, json, os, shutil, statistics, sys, tempfile, time, traceback

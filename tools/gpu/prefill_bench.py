@@ -56,20 +56,27 @@ print("SDPA per sequence (us): default", pre["sdpa_per_seq_us"], "cudnn", pre["s
       "flash", pre["sdpa_per_seq_flash_attention_us"], flush=True)
 ids = torch.cat([torch.full((n,), i, device=dev) for i, n in enumerate(lens)]); posn = torch.cat([torch.arange(n, device=dev) for n in lens])
 rows = []
-CONFIGS = [(pack, bm, bn, w, st) for pack in (True, False) for bm, bn, w, st in
-           [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 2), (128, 32, 4, 3), (64, 128, 4, 3)]]
-def run_config(cache, P, pack, bm, bn, w, st):
-    r = {"page": P, "pack_heads": pack, "block_m": bm, "block_n": bn, "warps": w, "stages": st, "tma": tma_prefill_ok(dev, P, bn)}
+TRITON_SWEEP = [(True, 128, 64, 8, 3), (True, 128, 128, 8, 3), (True, 128, 64, 4, 3), (True, 64, 64, 4, 2)]  # 06b: pack, tile, warps, stages
+HOPPER_SWEEP = [(128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)]          # 06c: tile, warps, stages
+def measure(r: dict, queries: int, call) -> dict:
+    "Time `call(tiles)` (tiles of `queries` queries) into `r`, after checking its output against SDPA's; errors recorded."
     try:
-        tiles = prefill_tiles(ids.cpu(), posn.cpu(), queries_per_tile(HQ, HKV, bm, pack)).to(dev)
-        fn = lambda: paged_prefill(q, cache, 0, tiles, block_m=bm, block_n=bn, num_warps=w, num_stages=st, pack_heads=pack)
-        o = fn(); torch.cuda.synchronize()
+        tiles = prefill_tiles(ids.cpu(), posn.cpu(), queries).to(dev)
+        o = call(tiles); torch.cuda.synchronize()
         r["rel_err_vs_sdpa"] = ((o.float() - ref).norm() / ref.norm()).item()
-        r["us"] = bench(fn)
+        r["us"] = bench(lambda: call(tiles))
     except Exception as ex:
-        r["error"] = repr(ex)[:200]
+        r["error"] = repr(ex)[:300]
     print(r, flush=True)
     return r
+def run_config(cache, P, pack, bm, bn, w, st):
+    r = {"page": P, "pack_heads": pack, "block_m": bm, "block_n": bn, "warps": w, "stages": st, "tma": tma_prefill_ok(dev, P, bn)}
+    return measure(r, queries_per_tile(HQ, HKV, bm, pack), lambda t: paged_prefill(q, cache, 0, t, block_m=bm, block_n=bn,
+                                                                                      num_warps=w, num_stages=st, pack_heads=pack))
+def run_hopper(cache, P, bm, bn, w, st):
+    r = {"page": P, "kernel": "hopper", "block_m": bm, "block_n": bn, "warps": w, "stages": st}
+    return measure(r, bm // heads_per_program(HQ, HKV, bm), lambda t: hopper_prefill(q, cache, 0, t, block_m=bm, block_n=bn,
+                                                                                        num_warps=w, num_stages=st))
 caches = {}
 for P in (16, 32, 64, 128):
     cache = PagedKVCache(1, HKV, D, T // P + 32, P, dtype=dt, device=dev, max_seqs=16, max_seq_len=4096)
@@ -77,29 +84,14 @@ for P in (16, 32, 64, 128):
     for i, n in enumerate(lens): cache.reserve(i, n)
     cache.write(0, cache.slots(ids, posn), k, v)
     caches[P] = cache
-HOPPER_SWEEP = [(128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)]
-def run_hopper(cache, P, bm, bn, w, st):
-    r = {"page": P, "kernel": "hopper", "block_m": bm, "block_n": bn, "warps": w, "stages": st}
-    try:
-        tiles = prefill_tiles(ids.cpu(), posn.cpu(), bm // heads_per_program(HQ, HKV, bm)).to(dev)
-        fn = lambda: hopper_prefill(q, cache, 0, tiles, block_m=bm, block_n=bn, num_warps=w, num_stages=st)
-        o = fn(); torch.cuda.synchronize()
-        r["rel_err_vs_sdpa"] = ((o.float() - ref).norm() / ref.norm()).item()
-        r["us"] = bench(fn)
-    except Exception as ex:
-        r["error"] = repr(ex)[:300]
-    print(r, flush=True)
-    return r
 for P in (16, 64):                                       # small sweeps of both kernels
-    rows += [run_config(caches[P], P, *c) for c in CONFIGS[:4]]
+    rows += [run_config(caches[P], P, *c) for c in TRITON_SWEEP]
     rows += [run_hopper(caches[P], P, *c) for c in HOPPER_SWEEP]
 pre["hopper"] = {}
 for P in (16, 32, 64, 128):                              # the default path: paged_prefill with no options (06c's kernel here)
     c = prefill_config(P, dev, dt, D)
-    tiles = prefill_tiles(ids.cpu(), posn.cpu(), queries_per_tile(HQ, HKV, page_size=P, device=dev, dtype=dt, head_dim=D)).to(dev)
-    fn = lambda: paged_prefill(q, caches[P], 0, tiles)
-    o = fn(); torch.cuda.synchronize()
-    r = {"page": P, "kernel": c["kernel"], "config": c, "rel_err_vs_sdpa": ((o.float() - ref).norm() / ref.norm()).item(), "us": bench(fn)}
+    r = measure({"page": P, "kernel": c["kernel"], "config": c},
+                queries_per_tile(HQ, HKV, page_size=P, device=dev, dtype=dt, head_dim=D), lambda t: paged_prefill(q, caches[P], 0, t))
     r.update(ratio_vs_sdpa_per_seq=r["us"] / pre["sdpa_per_seq_us"], ratio_vs_sdpa_flash=r["us"] / pre["sdpa_per_seq_flash_attention_us"],
              ratio_vs_sdpa_cudnn=r["us"] / pre["sdpa_per_seq_cudnn_attention_us"], tflops=flops / r["us"] / 1e6)
     pre["hopper"][P] = r
