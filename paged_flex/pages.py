@@ -4,6 +4,7 @@
 
 # %% ../nbs/00_pages.ipynb #5886e75a
 from __future__ import annotations
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['OutOfPagesError', 'PageAllocator']
@@ -19,49 +20,104 @@ class OutOfPagesError(RuntimeError):
 # %% ../nbs/00_pages.ipynb #8bc67bc0
 class PageAllocator:
     "A pool of `num_pages` physical pages: LIFO free list, O(1) `allocate`/`free`, reference counts."
+
     def __init__(self, num_pages: int):
         if isinstance(num_pages, bool) or not isinstance(num_pages, int) or num_pages <= 0:
             raise ValueError(f"num_pages must be a positive int, got {num_pages!r}")
         self.num_pages = num_pages
         self._free = list(range(num_pages - 1, -1, -1))  # stack: pop() gives page 0 first
-        self._refs = [0] * num_pages                      # owners of each page; 0 means free
+        self._refs = [0] * num_pages  # owners of each page; 0 means free
+        self._cached: dict[int, None] = {}  # ownerless pages whose KV is kept: least recently used first
+        self._keep: set[int] = set()  # pages that become cached, not free, when their last owner goes
+        self.on_evict = None  # called with each cached page that is taken for new KV
 
-    @property
-    def num_free(self) -> int: return len(self._free)
-    @property
-    def num_used(self) -> int: return self.num_pages - len(self._free)
-    def refcount(self, page: int) -> int: return self._refs[self._check(page)]
-    def can_allocate(self, n: int) -> bool: return n <= len(self._free)
+    num_free = property(lambda self: len(self._free) + len(self._cached), doc="Pages allocate() can hand out.")
+    num_cached = property(lambda self: len(self._cached), doc="Free pages that still hold a cached prefix.")
+    num_used = property(lambda self: self.num_pages - self.num_free, doc="Pages with at least one owner.")
 
-    def allocate(self, n: int, seq_id=None) -> list[int]:
-        "Take `n` free pages (each with one owner), or raise `OutOfPagesError` and change nothing."
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"the number of pages to allocate must be a non-negative int, got {n!r}")
-        if n > len(self._free): raise OutOfPagesError(n, len(self._free), seq_id)
-        pages = [self._free.pop() for _ in range(n)]
-        for p in pages: self._refs[p] = 1
-        return pages
+    def refcount(self, page: int) -> int:
+        return self._refs[self._check(page)]
 
-    def share(self, pages) -> None:
-        "Add one owner to each of `pages` (all must be in use)."
-        pages = list(pages)
-        for p in pages:
-            if self._refs[self._check(p)] == 0: raise ValueError(f"cannot share page {p}: it is free")
-        for p in pages: self._refs[p] += 1
+    def is_cached(self, page: int) -> bool:
+        return self._check(page) in self._cached
 
-    def free(self, pages) -> None:
-        "Drop one owner from each of `pages`; a page with no owner left returns to the pool at once."
-        pages = list(pages)
-        for p in pages:
-            if self._refs[self._check(p)] == 0: raise ValueError(f"double free: page {p} is already free")
-        if len(set(pages)) != len(pages): raise ValueError(f"pages listed twice in one free: {sorted(pages)}")
-        for p in pages:
-            self._refs[p] -= 1
-            if self._refs[p] == 0: self._free.append(p)
+    def can_allocate(self, n: int) -> bool:
+        return n <= self.num_free
 
     def _check(self, page) -> int:
         if isinstance(page, bool) or not isinstance(page, int) or not 0 <= page < self.num_pages:
             raise ValueError(f"page {page!r} is not a page of this pool (0..{self.num_pages - 1})")
         return page
 
-    def __repr__(self): return f"PageAllocator(num_pages={self.num_pages}, used={self.num_used}, free={self.num_free})"
+    def __repr__(self):
+        return (f"PageAllocator(num_pages={self.num_pages}, used={self.num_used}, free={self.num_free}, "
+                f"cached={self.num_cached})")
+
+# %% ../nbs/00_pages.ipynb #707bb4b2
+@patch
+def allocate(self: PageAllocator, n: int, seq_id=None) -> list[int]:
+    "Take `n` free pages (each with one owner), or raise `OutOfPagesError` and change nothing."
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"the number of pages to allocate must be a non-negative int, got {n!r}")
+    if n > self.num_free:
+        raise OutOfPagesError(n, self.num_free, seq_id)
+    pages = [self._free.pop() if self._free else self._evict() for _ in range(n)]
+    for p in pages:
+        self._refs[p] = 1
+    return pages
+
+@patch
+def _evict(self: PageAllocator) -> int:
+    "Take the least recently used cached page out of the cache (telling `on_evict`)."
+    page = next(iter(self._cached))
+    del self._cached[page]
+    self._keep.discard(page)
+    if self.on_evict is not None:
+        self.on_evict(page)
+    return page
+
+# %% ../nbs/00_pages.ipynb #9d86e914
+@patch
+def share(self: PageAllocator, pages) -> None:
+    "Add one owner to each of `pages` (each in use, or cached: a cached page is in use again)."
+    pages = list(pages)
+    for p in pages:
+        if self._refs[self._check(p)] == 0 and p not in self._cached:
+            raise ValueError(f"cannot share page {p}: it is free")
+    for p in pages:
+        self._cached.pop(p, None)
+        self._refs[p] += 1
+
+@patch
+def free(self: PageAllocator, pages) -> None:
+    "Drop one owner from each of `pages`; a page with no owner left is free at once (cached if kept)."
+    pages = list(pages)
+    for p in pages:
+        if self._refs[self._check(p)] == 0:
+            raise ValueError(f"double free: page {p} is already free")
+    if len(set(pages)) != len(pages):
+        raise ValueError(f"pages listed twice in one free: {sorted(pages)}")
+    for p in pages:
+        self._refs[p] -= 1
+        if self._refs[p] == 0 and p not in self._keep:
+            self._free.append(p)
+    for p in reversed(pages):  # a sequence's pages in order: its last pages are the first evicted
+        if self._refs[p] == 0 and p in self._keep:
+            self._cached[p] = None
+
+# %% ../nbs/00_pages.ipynb #869b0ae9
+@patch
+def mark_cached(self: PageAllocator, page: int) -> None:
+    "Keep `page`'s KV when its last owner frees it: it becomes cached, not free (it must be in use)."
+    if self._refs[self._check(page)] == 0:
+        raise ValueError(f"cannot mark page {page} as cached: it has no owner")
+    self._keep.add(page)
+
+@patch
+def reset_cached(self: PageAllocator) -> list[int]:
+    "Forget every cached page (they become plain free pages) and every mark; returns the pages that were cached."
+    pages = list(self._cached)
+    self._free.extend(reversed(pages))
+    self._cached.clear()
+    self._keep.clear()
+    return pages

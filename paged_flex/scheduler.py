@@ -11,6 +11,7 @@ from enum import Enum
 from itertools import count
 from typing import Any
 import torch
+from fastcore.basics import patch
 from .block_tables import pages_needed, check_page_size, check_positive_int
 from .cache import PagedKVCache
 
@@ -45,6 +46,7 @@ class Sequence:
     token_ids: list[int] = field(default_factory=list, init=False, repr=False)    # prompt + generated
     page_hashes: list[int] = field(default_factory=list, init=False, repr=False)  # chained hashes of leading full pages
     num_registered: int = field(default=0, init=False, repr=False)                # leading pages in the prefix index
+    num_cached_tokens: int = field(default=0, init=False)         # prompt tokens found in the prefix cache
 
     def __post_init__(self):
         try: prompt = [operator.index(t) for t in self.prompt]
@@ -155,232 +157,338 @@ def page_hashes(token_ids: list[int], page_size: int, num_pages: int, known: lis
         hashes.append(h)
     return hashes
 
-# %% ../nbs/10_scheduler.ipynb #c0edc111
+# %% ../nbs/10_scheduler.ipynb #7c797986
 class Scheduler:
     "Continuous batching over a `PagedKVCache`: decodes first, then prefill chunks, admitting while pages last."
+
     def __init__(self, cache: PagedKVCache, config: SchedulerConfig | None = None):
         self.config = config or SchedulerConfig(max_num_seqs=min(64, cache.max_seqs))
         self.max_seq_len = self.config.check_cache(cache)
-        if len(cache.block_tables): raise ValueError(f"the scheduler needs an empty cache; this one holds "
-                                                      f"{len(cache.block_tables)} sequence(s)")
+        if len(cache.block_tables):
+            raise ValueError(f"the scheduler needs an empty cache; this one holds "
+                             f"{len(cache.block_tables)} sequence(s)")
         self.cache, self.page_size = cache, cache.page_size
-        self.waiting: deque[Sequence] = deque()   # FCFS; preempted requests go back to the front
-        self.running: list[Sequence] = []         # they hold pages; kept in arrival order
-        self._rows = list(range(cache.max_seqs - 1, -1, -1))   # free cache rows; pop() gives row 0 first
-        self._page_of_hash: dict[int, int] = {}               # prefix index: chained hash -> physical page
-        self._hash_of_page: dict[int, tuple[int, tuple]] = {} # physical page -> (its hash, its tokens)
+        self.waiting: deque[Sequence] = deque()  # FCFS; preempted requests go back to the front
+        self.running: list[Sequence] = []  # they hold pages; kept in arrival order
+        self._rows = list(range(cache.max_seqs - 1, -1, -1))  # free cache rows; pop() gives row 0 first
+        self._page_of_hash: dict[int, int] = {}  # prefix index: chained hash -> physical page
+        self._hash_of_page: dict[int, tuple[int, tuple]] = {}  # physical page -> (its hash, its tokens)
+        self._in_flight: dict[int, Sequence] = {}  # hash of a prompt page being computed -> who computes it
         self._live_ids: set = set()
         self._arrivals = count()
         self._pending: StepPlan | None = None
         self.num_steps = self.num_preemptions = self.num_cached_tokens = 0
+        cache.allocator.reset_cached()  # a new index: pages kept for an older one are plain free pages
+        cache.allocator.on_evict = self._forget_page
 
-    def has_unfinished(self) -> bool: return bool(self.waiting or self.running)
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
 
     def add(self, seq: Sequence) -> Sequence:
         "Queue a new request, or finish it at once with finish_reason 'error' if it can never fit."
         if seq.arrival is not None or seq.status is not SeqStatus.WAITING:
             raise ValueError(f"request {seq.request_id!r} was already added (status {seq.status.value})")
-        if seq.request_id in self._live_ids: raise ValueError(f"request id {seq.request_id!r} is already in use")
+        if seq.request_id in self._live_ids:
+            raise ValueError(f"request id {seq.request_id!r} is already in use")
         seq.arrival = next(self._arrivals)
         total, P = len(seq.prompt) + seq.max_tokens, self.page_size
+        why = None
         if total > self.max_seq_len:
-            why = f"prompt ({len(seq.prompt)}) + max_tokens ({seq.max_tokens}) = {total} tokens is over max_seq_len={self.max_seq_len}"
+            why = (f"prompt ({len(seq.prompt)}) + max_tokens ({seq.max_tokens}) = {total} tokens is over "
+                   f"max_seq_len={self.max_seq_len}")
         elif pages_needed(total, P) > self.cache.num_pages:
             why = (f"prompt ({len(seq.prompt)}) + max_tokens ({seq.max_tokens}) = {total} tokens need "
                    f"{pages_needed(total, P)} pages of {P}; the whole cache has {self.cache.num_pages}")
-        else:
-            self._live_ids.add(seq.request_id)
-            self.waiting.append(seq)
+        if why is not None:
+            seq.status, seq.finish_reason, seq.error = SeqStatus.FINISHED, "error", f"request {seq.request_id!r}: {why}"
             return seq
-        seq.status, seq.finish_reason, seq.error = SeqStatus.FINISHED, "error", f"request {seq.request_id!r}: {why}"
+        self._live_ids.add(seq.request_id)
+        self.waiting.append(seq)
         return seq
 
-    def schedule(self) -> StepPlan:
-        "Choose this step's tokens and reserve their pages: decodes, then prefill chunks, then admissions."
-        if self._pending is not None: raise RuntimeError("schedule() again before update(): the last plan is not done")
-        cfg, budget, items, preempted = self.config, self.config.max_num_batched_tokens, [], []
-        for seq in list(self.running):                                    # 1. decodes, oldest first
-            if seq.status is not SeqStatus.RUNNING or seq.num_tokens - seq.num_computed != 1: continue
-            while not self._can_grow(seq, 1):
-                victim = self.running[-1]                                 # the newest
-                assert all(it.seq is not victim for it in items), "preempting a sequence scheduled this step"
-                self._preempt(victim); preempted.append(victim)
-                if victim is seq: break
-            else:
-                self.cache.reserve(seq.seq_id, seq.num_computed + 1)
-                items.append(ScheduledSeq(seq, seq.token_ids[-1:], seq.num_computed, True))
-                budget -= 1
-        for seq in self.running:                                          # 2. prefill chunks already admitted
-            if budget == 0: break
-            if seq.num_tokens - seq.num_computed > 1: budget -= self._chunk(seq, budget, items)
-        while (not preempted and self.waiting and budget > 0            # 3. admissions, first come first served
-               and len(self.running) < cfg.max_num_seqs):
-            seq = self.waiting[0]
-            shared = self._cached_prefix(seq)
-            if pages_needed(seq.num_tokens, self.page_size) - len(shared) > self.cache.num_free_pages: break
-            self.waiting.popleft()
-            self._admit(seq, shared)
-            budget -= self._chunk(seq, budget, items)
-        assert items or not self.has_unfinished(), "nothing scheduled while requests wait"
-        self.num_steps += 1
-        plan = pack_step(items, preempted)
-        self._pending = plan if items else None
-        return plan
+# %% ../nbs/10_scheduler.ipynb #3a9689cb
+@patch
+def _release(self: Scheduler, seq: Sequence) -> None:
+    "Free the pages and row of `seq` (indexed pages stay cached); forget the prompt pages it was computing."
+    for h in seq.page_hashes[seq.num_registered:]:
+        if self._in_flight.get(h) is seq:
+            del self._in_flight[h]
+    self.cache.free(seq.seq_id)
+    self._rows.append(seq.seq_id)
+    seq.seq_id, seq.num_computed, seq.num_registered = None, 0, 0
+    self.running.remove(seq)
 
-    def schedule_decode(self, max_steps: int) -> StepPlan | None:
-        "Plan up to `max_steps` decode steps of every running request at once, or None where `schedule()` must plan."
-        if self._pending is not None: raise RuntimeError("schedule_decode() before update(): the last plan is not done")
-        check_positive_int("max_steps", max_steps)
-        if self.waiting or not self.running: return None                  # admissions go one step at a time
-        if any(seq.num_tokens - seq.num_computed != 1 for seq in self.running): return None   # a prefill is under way
-        k = min(max_steps, min(seq.max_tokens - seq.num_generated for seq in self.running))
-        P, length = self.page_size, self.cache.length
-        need = sum(pages_needed(seq.num_computed + k, P) - pages_needed(length(seq.seq_id), P) for seq in self.running)
-        if k < 2 or need > self.cache.num_free_pages: return None       # short, or short of pages: one step
-        items = []
-        for seq in self.running:
-            self.cache.reserve(seq.seq_id, seq.num_computed + k)
-            items.append(ScheduledSeq(seq, seq.token_ids[-1:], seq.num_computed, True))
-        self.num_steps += k
-        self._pending = pack_step(items, (), k)
-        return self._pending
+@patch
+def _preempt(self: Scheduler, seq: Sequence) -> None:
+    "Send running `seq` back to the front of the queue, to recompute prompt + generated tokens later."
+    self._release(seq)
+    seq.status = SeqStatus.PREEMPTED
+    seq.num_preemptions += 1
+    self.num_preemptions += 1
+    self.waiting.appendleft(seq)
 
-    def update(self, plan: StepPlan, next_tokens, on_token=None) -> list[Sequence]:
-        "Apply a computed plan: advance `num_computed`, append `next_tokens` `[L]` (`[num_steps, L]`), finish ended requests."
-        if plan is not self._pending and plan.items:
-            raise ValueError("update() takes the plan of the last schedule(), once")
-        rows = next_tokens.tolist() if isinstance(next_tokens, torch.Tensor) else list(next_tokens)
-        rows = rows if plan.num_steps > 1 else [rows]
-        L = len(plan.logit_indices)
-        if len(rows) != plan.num_steps or any(len(r) != L for r in rows):
-            shape = [len(rows), len(rows[0]) if rows else 0] if plan.num_steps > 1 else len(rows[0])
-            raise ValueError(f"next_tokens holds {shape} token(s); the plan samples {L} "
-                             f"(one per row of plan.logit_indices){f' in each of {plan.num_steps} steps' if plan.num_steps > 1 else ''}")
-        self._pending, finished = None, []
-        for i, tokens in enumerate(rows):                                 # step by step: a stop ends what follows
-            sampled = iter(tokens)
-            for it in plan.items:
-                seq, token = it.seq, operator.index(next(sampled)) if it.needs_logits else None
-                if seq.status is not SeqStatus.RUNNING: continue         # aborted, or stopped at an earlier step
-                assert seq.num_computed == it.start + i, (seq.request_id, seq.num_computed, it.start, i)
-                seq.num_computed += len(it.token_ids)
-                if self.config.enable_prefix_caching: self._register(seq)
-                if token is None: continue
-                seq.token_ids.append(token)
-                reason = seq.stop_reason(token)
-                if reason: self._finish(seq, reason); finished.append(seq)
-                elif on_token is not None: on_token(seq)
-        return finished
-
-    def abort(self, seq: Sequence) -> None:
-        "End a request now, with finish_reason 'abort' (between steps, or after the runner and before `update`)."
-        if seq.is_finished: return
-        if seq in self.waiting: self.waiting.remove(seq)
-        self._finish(seq, "abort")
-
-    def fork(self, seq: Sequence, n: int, first_tokens: list[int] | None = None) -> list[Sequence]:
-        "Start `n - 1` more samples of decoding `seq` on its KV: full pages shared, the partial page copied."
-        check_positive_int("n", n)
-        if self._pending is not None: raise RuntimeError("fork() between update() and schedule(), not while a plan runs")
-        if seq.status is not SeqStatus.RUNNING or seq.num_tokens - seq.num_computed != 1:
-            raise ValueError(f"request {seq.request_id!r} can fork once its prompt is computed (running, one sampled "
-                             f"token left to feed); it is {seq.status.value} with {seq.num_tokens - seq.num_computed} "
-                             f"token(s) left")
-        if first_tokens is not None and len(first_tokens) != n - 1:
-            raise ValueError(f"first_tokens holds {len(first_tokens)} token(s); fork(n={n}) makes {n - 1} copies")
-        ids = [(seq.request_id, i) for i in range(1, n)]
-        if taken := [i for i in ids if i in self._live_ids]: raise ValueError(f"request ids {taken} are already in use")
-        children = []
-        for i, rid in enumerate(ids):
-            child = self.add(Sequence(rid, seq.prompt, seq.max_tokens, seq.eos_id, seq.stop_ids, seq.ignore_eos, seq.params))
-            child.token_ids = list(seq.token_ids)
-            if first_tokens is not None: child.token_ids[-1] = operator.index(first_tokens[i])
-            children.append(child)
-            if reason := child.stop_reason(child.token_ids[-1]):
-                self.waiting.remove(child); self._finish(child, reason)
-            elif (len(self.running) < self.config.max_num_seqs
-                  and self.cache.num_free_pages >= (self.cache.length(seq.seq_id) % self.page_size != 0)):
-                self.waiting.remove(child)
-                child.seq_id = self._rows.pop()
-                self.cache.fork(seq.seq_id, child.seq_id)
-                child.num_computed, child.status, child.num_registered = seq.num_computed, SeqStatus.RUNNING, seq.num_registered
-                child.page_hashes = seq.page_hashes[:seq.num_registered]
-                self.running.append(child)
-        return children
-
-    def _can_grow(self, seq: Sequence, n: int) -> bool:
-        "Are there free pages for `n` more tokens of running `seq`? (It holds the pages of its reserved length.)"
-        held = pages_needed(self.cache.length(seq.seq_id), self.page_size)
-        return pages_needed(seq.num_computed + n, self.page_size) - held <= self.cache.num_free_pages
-
-    def _chunk(self, seq: Sequence, budget: int, items: list[ScheduledSeq]) -> int:
-        "Schedule the next prefill chunk of admitted `seq` (its pages are reserved); return its length."
-        n = min(seq.num_tokens - seq.num_computed, self.config.prefill_chunk_size, budget)
-        start = seq.num_computed
-        assert n > 0 and self.cache.length(seq.seq_id) >= start + n
-        items.append(ScheduledSeq(seq, seq.token_ids[start:start + n], start, start + n == seq.num_tokens))
-        return n
-
-    def _cached_prefix(self, seq: Sequence) -> list[int]:
-        "Physical pages of the longest cached prefix of `seq`, leaving at least its last token to compute."
-        if not self.config.enable_prefix_caching: return []
-        P, limit = self.page_size, (seq.num_tokens - 1) // self.page_size
-        seq.page_hashes = page_hashes(seq.token_ids, P, max(limit, len(seq.page_hashes)), seq.page_hashes)
-        pages = []
-        for j in range(limit):
-            page = self._page_of_hash.get(seq.page_hashes[j])
-            if page is None or self._hash_of_page[page][1] != tuple(seq.token_ids[j * P:(j + 1) * P]): break
-            pages.append(page)
-        return pages
-
-    def _admit(self, seq: Sequence, shared: list[int]) -> None:
-        "Give `seq` a row, the shared prefix pages and pages for all its tokens; make it running."
-        row, n_shared = self._rows.pop(), len(shared) * self.page_size
-        if shared: self.cache.share(row, shared, n_shared)
-        self.cache.reserve(row, seq.num_tokens)
-        seq.seq_id, seq.num_computed, seq.num_registered, seq.status = row, n_shared, len(shared), SeqStatus.RUNNING
-        self.num_cached_tokens += n_shared
-        self.running.append(seq)
-        self.running.sort(key=lambda s: s.arrival)
-
-    def _register(self, seq: Sequence) -> None:
-        "Enter the newly full, computed pages of `seq` in the prefix index."
-        full = seq.num_computed // self.page_size
-        if full <= seq.num_registered: return
-        seq.page_hashes = page_hashes(seq.token_ids, self.page_size, max(full, len(seq.page_hashes)), seq.page_hashes)
-        pages, P = self.cache.pages(seq.seq_id), self.page_size
-        for j in range(seq.num_registered, full):
-            h = seq.page_hashes[j]
-            if h not in self._page_of_hash and pages[j] not in self._hash_of_page:
-                self._page_of_hash[h] = pages[j]
-                self._hash_of_page[pages[j]] = (h, tuple(seq.token_ids[j * P:(j + 1) * P]))
-        seq.num_registered = full
-
-    def _release(self, seq: Sequence) -> None:
-        "Free the pages and row of `seq`; pages left with no owner leave the prefix index."
-        pages = self.cache.pages(seq.seq_id)
-        self.cache.free(seq.seq_id)
-        self._rows.append(seq.seq_id)
-        for p in pages:
-            if p in self._hash_of_page and self.cache.allocator.refcount(p) == 0:
-                del self._page_of_hash[self._hash_of_page.pop(p)[0]]
-        seq.seq_id, seq.num_computed, seq.num_registered = None, 0, 0
-        self.running.remove(seq)
-
-    def _preempt(self, seq: Sequence) -> None:
-        "Send running `seq` back to the front of the queue, to recompute prompt + generated tokens later."
+@patch
+def _finish(self: Scheduler, seq: Sequence, reason: str) -> None:
+    "Mark `seq` finished for `reason`, freeing its pages if it holds any."
+    if seq.seq_id is not None:
         self._release(seq)
-        seq.status = SeqStatus.PREEMPTED
-        seq.num_preemptions += 1; self.num_preemptions += 1
-        self.waiting.appendleft(seq)
+    seq.status, seq.finish_reason = SeqStatus.FINISHED, reason
+    self._live_ids.discard(seq.request_id)
 
-    def _finish(self, seq: Sequence, reason: str) -> None:
-        "Mark `seq` finished for `reason`, freeing its pages if it holds any."
-        if seq.seq_id is not None: self._release(seq)
-        seq.status, seq.finish_reason = SeqStatus.FINISHED, reason
-        self._live_ids.discard(seq.request_id)
+@patch
+def abort(self: Scheduler, seq: Sequence) -> None:
+    "End a request now, with finish_reason 'abort' (between steps, or after the runner and before `update`)."
+    if seq.is_finished:
+        return
+    if seq in self.waiting:
+        self.waiting.remove(seq)
+    self._finish(seq, "abort")
 
-    def __repr__(self):
-        return (f"Scheduler(running={len(self.running)}, waiting={len(self.waiting)}, steps={self.num_steps}, "
-                f"preemptions={self.num_preemptions}, cached_tokens={self.num_cached_tokens}, "
-                f"free_pages={self.cache.num_free_pages}/{self.cache.num_pages})")
+@patch
+def __repr__(self: Scheduler):
+    return (f"Scheduler(running={len(self.running)}, waiting={len(self.waiting)}, steps={self.num_steps}, "
+            f"preemptions={self.num_preemptions}, cached_tokens={self.num_cached_tokens}, "
+            f"free_pages={self.cache.num_free_pages}/{self.cache.num_pages}, "
+            f"cached_pages={self.cache.allocator.num_cached})")
+
+# %% ../nbs/10_scheduler.ipynb #fe51ce14
+@patch
+def _cached_prefix(self: Scheduler, seq: Sequence) -> list[int]:
+    "Physical pages of the longest cached prefix of `seq`, leaving at least its last token to compute."
+    if not self.config.enable_prefix_caching:
+        return []
+    P, limit = self.page_size, (seq.num_tokens - 1) // self.page_size
+    seq.page_hashes = page_hashes(seq.token_ids, P, max(limit, len(seq.page_hashes)), seq.page_hashes)
+    pages = []
+    for j in range(limit):
+        page = self._page_of_hash.get(seq.page_hashes[j])
+        if page is None or self._hash_of_page[page][1] != tuple(seq.token_ids[j * P:(j + 1) * P]):
+            break
+        pages.append(page)
+    return pages
+
+@patch
+def _waits_for_prefix(self: Scheduler, seq: Sequence, num_shared: int) -> bool:
+    "Is the page after `seq`'s cached prefix being computed by a running request? Then `seq` waits for it."
+    limit = (seq.num_tokens - 1) // self.page_size
+    return self.config.enable_prefix_caching and num_shared < limit and seq.page_hashes[num_shared] in self._in_flight
+
+@patch
+def _register(self: Scheduler, seq: Sequence) -> None:
+    "Enter the newly full, computed pages of `seq` in the prefix index; they stay cached when `seq` ends."
+    full = seq.num_computed // self.page_size
+    if full <= seq.num_registered:
+        return
+    seq.page_hashes = page_hashes(seq.token_ids, self.page_size, max(full, len(seq.page_hashes)), seq.page_hashes)
+    pages, P = self.cache.pages(seq.seq_id), self.page_size
+    for j in range(seq.num_registered, full):
+        h = seq.page_hashes[j]
+        if self._in_flight.get(h) is seq:
+            del self._in_flight[h]
+        if h not in self._page_of_hash and pages[j] not in self._hash_of_page:
+            self._page_of_hash[h] = pages[j]
+            self._hash_of_page[pages[j]] = (h, tuple(seq.token_ids[j * P:(j + 1) * P]))
+            self.cache.allocator.mark_cached(pages[j])
+    seq.num_registered = full
+
+@patch
+def _forget_page(self: Scheduler, page: int) -> None:
+    "The allocator evicted cached `page` for new KV: drop it from the index."
+    h, _ = self._hash_of_page.pop(page)
+    del self._page_of_hash[h]
+
+@patch
+def reset_prefix_cache(self: Scheduler) -> int:
+    "Forget every cached prefix (vLLM's name); pages held by no request become plain free pages. Returns how many."
+    self._page_of_hash.clear()
+    self._hash_of_page.clear()
+    return len(self.cache.allocator.reset_cached())
+
+# %% ../nbs/10_scheduler.ipynb #d159c642
+@patch
+def _admit(self: Scheduler, seq: Sequence, shared: list[int]) -> None:
+    "Give `seq` a row, the shared prefix pages and pages for all its tokens; make it running."
+    row, n_shared, P = self._rows.pop(), len(shared) * self.page_size, self.page_size
+    if shared:
+        self.cache.share(row, shared, n_shared)
+    self.cache.reserve(row, seq.num_tokens)
+    seq.seq_id, seq.num_computed, seq.num_registered, seq.status = row, n_shared, len(shared), SeqStatus.RUNNING
+    if seq.num_preemptions == 0:
+        seq.num_cached_tokens = n_shared
+    self.num_cached_tokens += n_shared
+    if self.config.enable_prefix_caching:  # its full prompt pages: requests arriving with the same prompt wait
+        full = seq.num_tokens // P
+        seq.page_hashes = page_hashes(seq.token_ids, P, max(full, len(seq.page_hashes)), seq.page_hashes)
+        for h in seq.page_hashes[len(shared):full]:
+            self._in_flight.setdefault(h, seq)
+    self.running.append(seq)
+    self.running.sort(key=lambda s: s.arrival)
+
+@patch
+def _pages_to_admit(self: Scheduler, seq: Sequence, shared: list[int]) -> int:
+    "Free pages admitting `seq` takes: its new pages, and the cached pages of its prefix that come back into use."
+    revived = sum(self.cache.allocator.is_cached(p) for p in shared)
+    return pages_needed(seq.num_tokens, self.page_size) - len(shared) + revived
+
+@patch
+def _can_grow(self: Scheduler, seq: Sequence, n: int) -> bool:
+    "Are there free pages for `n` more tokens of running `seq`? (It holds the pages of its reserved length.)"
+    held = pages_needed(self.cache.length(seq.seq_id), self.page_size)
+    return pages_needed(seq.num_computed + n, self.page_size) - held <= self.cache.num_free_pages
+
+@patch
+def _chunk(self: Scheduler, seq: Sequence, budget: int, items: list[ScheduledSeq]) -> int:
+    "Schedule the next prefill chunk of admitted `seq` (its pages are reserved); return its length."
+    n = min(seq.num_tokens - seq.num_computed, self.config.prefill_chunk_size, budget)
+    start = seq.num_computed
+    assert n > 0 and self.cache.length(seq.seq_id) >= start + n
+    items.append(ScheduledSeq(seq, seq.token_ids[start:start + n], start, start + n == seq.num_tokens))
+    return n
+
+# %% ../nbs/10_scheduler.ipynb #e7e3e181
+@patch
+def schedule(self: Scheduler) -> StepPlan:
+    "Choose this step's tokens and reserve their pages: decodes, then prefill chunks, then admissions."
+    if self._pending is not None:
+        raise RuntimeError("schedule() again before update(): the last plan is not done")
+    cfg, budget, items, preempted = self.config, self.config.max_num_batched_tokens, [], []
+    for seq in list(self.running):  # 1. decodes, oldest first
+        if seq.status is not SeqStatus.RUNNING or seq.num_tokens - seq.num_computed != 1:
+            continue
+        while not self._can_grow(seq, 1):
+            victim = self.running[-1]  # the newest
+            assert all(it.seq is not victim for it in items), "preempting a sequence scheduled this step"
+            self._preempt(victim)
+            preempted.append(victim)
+            if victim is seq:
+                break
+        else:
+            self.cache.reserve(seq.seq_id, seq.num_computed + 1)
+            items.append(ScheduledSeq(seq, seq.token_ids[-1:], seq.num_computed, True))
+            budget -= 1
+    for seq in self.running:  # 2. prefill chunks already admitted
+        if budget == 0:
+            break
+        if seq.num_tokens - seq.num_computed > 1:
+            budget -= self._chunk(seq, budget, items)
+    while (not preempted and self.waiting and budget > 0  # 3. admissions, first come first served
+           and len(self.running) < cfg.max_num_seqs):
+        seq = self.waiting[0]
+        shared = self._cached_prefix(seq)
+        if self._waits_for_prefix(seq, len(shared)) or self._pages_to_admit(seq, shared) > self.cache.num_free_pages:
+            break
+        self.waiting.popleft()
+        self._admit(seq, shared)
+        budget -= self._chunk(seq, budget, items)
+    assert items or not self.has_unfinished(), "nothing scheduled while requests wait"
+    self.num_steps += 1
+    plan = pack_step(items, preempted)
+    self._pending = plan if items else None
+    return plan
+
+@patch
+def schedule_decode(self: Scheduler, max_steps: int) -> StepPlan | None:
+    "Plan up to `max_steps` decode steps of every running request at once, or None where `schedule()` must plan."
+    if self._pending is not None:
+        raise RuntimeError("schedule_decode() before update(): the last plan is not done")
+    check_positive_int("max_steps", max_steps)
+    if self.waiting or not self.running:  # admissions go one step at a time
+        return None
+    if any(seq.num_tokens - seq.num_computed != 1 for seq in self.running):  # a prefill is under way
+        return None
+    k = min(max_steps, min(seq.max_tokens - seq.num_generated for seq in self.running))
+    P, length = self.page_size, self.cache.length
+    need = sum(pages_needed(seq.num_computed + k, P) - pages_needed(length(seq.seq_id), P) for seq in self.running)
+    if k < 2 or need > self.cache.num_free_pages:  # short, or short of pages: one step
+        return None
+    items = []
+    for seq in self.running:
+        self.cache.reserve(seq.seq_id, seq.num_computed + k)
+        items.append(ScheduledSeq(seq, seq.token_ids[-1:], seq.num_computed, True))
+    self.num_steps += k
+    self._pending = pack_step(items, (), k)
+    return self._pending
+
+# %% ../nbs/10_scheduler.ipynb #436105bf
+@patch
+def update(self: Scheduler, plan: StepPlan, next_tokens, on_token=None) -> list[Sequence]:
+    """Apply a computed plan: advance `num_computed`, append `next_tokens` `[L]` (`[num_steps, L]`), finish
+    ended requests. `on_token(seq)` sees each appended token first and may return a finish reason ('stop')."""
+    if plan is not self._pending and plan.items:
+        raise ValueError("update() takes the plan of the last schedule(), once")
+    rows = next_tokens.tolist() if isinstance(next_tokens, torch.Tensor) else list(next_tokens)
+    rows = rows if plan.num_steps > 1 else [rows]
+    L = len(plan.logit_indices)
+    if len(rows) != plan.num_steps or any(len(r) != L for r in rows):
+        shape = [len(rows), len(rows[0]) if rows else 0] if plan.num_steps > 1 else len(rows[0])
+        steps = f" in each of {plan.num_steps} steps" if plan.num_steps > 1 else ""
+        raise ValueError(f"next_tokens holds {shape} token(s); the plan samples {L} "
+                         f"(one per row of plan.logit_indices){steps}")
+    self._pending, finished = None, []
+    for i, tokens in enumerate(rows):  # step by step: a stop ends what follows
+        sampled = iter(tokens)
+        for it in plan.items:
+            seq, token = it.seq, operator.index(next(sampled)) if it.needs_logits else None
+            if seq.status is not SeqStatus.RUNNING:  # aborted, or stopped at an earlier step
+                continue
+            assert seq.num_computed == it.start + i, (seq.request_id, seq.num_computed, it.start, i)
+            seq.num_computed += len(it.token_ids)
+            if self.config.enable_prefix_caching:
+                self._register(seq)
+            if token is None:
+                continue
+            seq.token_ids.append(token)
+            reason = (on_token(seq) if on_token is not None else None) or seq.stop_reason(token)
+            if reason:
+                self._finish(seq, reason)
+                finished.append(seq)
+    return finished
+
+@patch
+def fail(self: Scheduler, plan: StepPlan, error: str) -> list[Sequence]:
+    "The runner could not compute `plan`: end its requests with finish_reason 'error' and `error`, freeing their pages."
+    if plan is not self._pending:
+        raise ValueError("fail() takes the plan of the last schedule(), once")
+    self._pending = None
+    failed = [it.seq for it in plan.items if not it.seq.is_finished]
+    for seq in failed:
+        seq.error = error
+        self._finish(seq, "error")
+    return failed
+
+# %% ../nbs/10_scheduler.ipynb #c0119f96
+@patch
+def fork(self: Scheduler, seq: Sequence, n: int, first_tokens: list[int] | None = None) -> list[Sequence]:
+    "Start `n - 1` more samples of decoding `seq` on its KV: full pages shared, the partial page copied."
+    check_positive_int("n", n)
+    if self._pending is not None:
+        raise RuntimeError("fork() between update() and schedule(), not while a plan runs")
+    if seq.status is not SeqStatus.RUNNING or seq.num_tokens - seq.num_computed != 1:
+        raise ValueError(f"request {seq.request_id!r} can fork once its prompt is computed (running, one sampled "
+                         f"token left to feed); it is {seq.status.value} with {seq.num_tokens - seq.num_computed} "
+                         f"token(s) left")
+    if first_tokens is not None and len(first_tokens) != n - 1:
+        raise ValueError(f"first_tokens holds {len(first_tokens)} token(s); fork(n={n}) makes {n - 1} copies")
+    ids = [(seq.request_id, i) for i in range(1, n)]
+    if taken := [i for i in ids if i in self._live_ids]:
+        raise ValueError(f"request ids {taken} are already in use")
+    children = []
+    for i, rid in enumerate(ids):
+        child = self.add(Sequence(rid, seq.prompt, seq.max_tokens, seq.eos_id, seq.stop_ids, seq.ignore_eos,
+                                  seq.params))
+        child.token_ids = list(seq.token_ids)
+        if first_tokens is not None:
+            child.token_ids[-1] = operator.index(first_tokens[i])
+        children.append(child)
+        partial = self.cache.length(seq.seq_id) % self.page_size != 0  # the page each child copies
+        if reason := child.stop_reason(child.token_ids[-1]):
+            self.waiting.remove(child)
+            self._finish(child, reason)
+        elif len(self.running) < self.config.max_num_seqs and self.cache.num_free_pages >= partial:
+            self.waiting.remove(child)
+            child.seq_id = self._rows.pop()
+            self.cache.fork(seq.seq_id, child.seq_id)
+            child.num_computed, child.status = seq.num_computed, SeqStatus.RUNNING
+            child.num_registered, child.page_hashes = seq.num_registered, seq.page_hashes[:seq.num_registered]
+            self.running.append(child)
+    return children

@@ -91,7 +91,9 @@ def check_step(s: Scheduler, plan: StepPlan, stats: Stats) -> None:
     assert all(q.seq_id is None and q.num_computed == 0 and not q.is_finished for q in s.waiting)
     owned = {p for q in s.running for p in cache.pages(q.seq_id)}
     assert len(owned) + cache.num_free_pages == cache.num_pages, "a page leaked"
-    assert set(s._hash_of_page) <= owned and len(s._page_of_hash) == len(s._hash_of_page)
+    cached = set(cache.allocator._cached)                # ownerless pages the prefix index keeps (free for admission)
+    assert not cached & owned and set(s._hash_of_page) <= owned | cached
+    assert len(s._page_of_hash) == len(s._hash_of_page)
     stats.steps += 1; stats.max_tokens = max(stats.max_tokens, plan.num_tokens)
     stats.decode_only += plan.is_decode_only; stats.peak_running = max(stats.peak_running, len(s.running))
 
@@ -130,7 +132,7 @@ def check_done(s: Scheduler, arrivals: dict[int, list[Sequence]], done: dict) ->
         if never_fits: assert q.generated == [] and str(total) in q.error
         else: assert (q.generated, q.finish_reason) == solo(q), q.request_id
     assert cache.num_free_pages == cache.num_pages and len(cache.block_tables) == 0
-    assert not s._page_of_hash and not s._hash_of_page and not s.has_unfinished()
+    assert set(s._hash_of_page) == set(cache.allocator._cached) and not s.has_unfinished()
 
 
 def random_arrivals(rng: random.Random, n: int, prompt_lens, new_lens, last_arrival: int,
