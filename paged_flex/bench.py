@@ -7,12 +7,11 @@ from __future__ import annotations
 import datetime, json, random, tempfile, time
 from pathlib import Path
 import torch
-from .engine import LLM, SamplingParams
-from .scheduler import Sequence
+from .engine import LLM, SamplingParams, RequestOutput
 
 # %% auto #0
-__all__ = ['W1_CONFIG', 'random_prompts', 'random_model_folder', 'environment', 'run_w1', 'run_w1_peers', 'run_w2', 'run_w3',
-           'run_w4', 'run_bench', 'plot_bench']
+__all__ = ['W1_CONFIG', 'random_prompts', 'random_model_folder', 'environment', 'run_w1', 'run_w1_peers', 'run_w2',
+           'run_arrivals', 'run_w3', 'run_w4', 'run_bench', 'plot_bench']
 
 # %% ../nbs/14_benchmarks.ipynb #da749f66
 W1_CONFIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -41,15 +40,21 @@ def environment() -> dict:
 def run_w1(llm: LLM, prompts: list[list[int]], new_tokens: int = 128) -> dict:
     "Generate `new_tokens` greedy tokens (no early stop) for every prompt; tokens/s and the time split."
     sp = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-    llm.generate(prompts, sp, use_tqdm=False)   # warm-up: the workload once, so every CUDA graph it needs is captured
-    if llm.device.type == "cuda": torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    llm.generate(prompts, sp, use_tqdm=False)  # warm-up: the workload once, so every CUDA graph it needs is captured
+    llm.reset_prefix_cache()  # the timed run computes every prompt again
+    llm.llm_engine.reset_stats()
+    if llm.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     outs = llm.generate(prompts, sp, use_tqdm=False)
-    if llm.device.type == "cuda": torch.cuda.synchronize()
+    if llm.device.type == "cuda":
+        torch.cuda.synchronize()
     t = time.perf_counter() - t0
-    gen = sum(len(o.token_ids) for o in outs)
-    return {"seconds": t, "generated_tokens": gen, "tokens_per_s": gen / t, "steps": llm.last_stats["steps"],
-            "time_split_s": llm.last_stats["timings"], "peak_kv_pages": llm.last_stats["peak_pages"],
+    gen = sum(len(o.outputs[0].token_ids) for o in outs)
+    st = llm.stats
+    return {"seconds": t, "generated_tokens": gen, "tokens_per_s": gen / t, "steps": st.steps,
+            "time_split_s": st.timings, "peak_kv_pages": st.peak_pages, "cached_prompt_tokens": st.cached_tokens,
             "peak_gpu_GB": torch.cuda.max_memory_allocated() / 1e9 if llm.device.type == "cuda" else None}
 
 # %% ../nbs/14_benchmarks.ipynb #6a7b986e
@@ -109,57 +114,79 @@ def run_w1_peers(folder, prompts: list[list[int]], new_tokens: int = 128, device
 def run_w2(llm: LLM, prompts: list[list[int]], new_tokens: int = 128) -> dict:
     "Peak requests running at once in `llm`'s KV budget, against contiguous preallocation in the same budget."
     sp = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    llm.llm_engine.reset_stats()
     llm.generate(prompts, sp, use_tqdm=False)
     c = llm.cache
     per_token = c.stats().bytes_per_page // c.page_size
     budget = c.num_pages * c.stats().bytes_per_page
     longest = max(map(len, prompts)) + new_tokens
     model_ctx = llm.model.config.max_expected_seq_len
-    return {"kv_budget_GB": budget / 1e9, "paged_peak_running": llm.last_stats["peak_running"],
-            "preemptions": llm.last_stats["preemptions"], "requests": len(prompts),
+    return {"kv_budget_GB": budget / 1e9, "paged_peak_running": llm.stats.peak_running,
+            "preemptions": llm.stats.preemptions, "requests": len(prompts),
             "contiguous_at_model_context": budget // (model_ctx * per_token), "model_context": model_ctx,
             "contiguous_at_longest_request": budget // (longest * per_token), "longest_request": longest}
 
+# %% ../nbs/14_benchmarks.ipynb #57307be6
+def run_arrivals(llm: LLM, prompts: list[list[int]], sp: SamplingParams, arrivals: list[int]) -> list[RequestOutput]:
+    "Request `i` joins `llm`'s engine once it has run `arrivals[i]` steps; the final outputs, in prompt order."
+    eng, final = llm.llm_engine, {}
+    pending = sorted(range(len(prompts)), key=lambda i: arrivals[i], reverse=True)  # soonest last
+    start = eng.stats.steps
+    while pending or eng.has_unfinished_requests():
+        while pending and (arrivals[pending[-1]] <= eng.stats.steps - start or not eng.has_unfinished_requests()):
+            i = pending.pop()
+            eng.add_request(("bench", i), prompts[i], sp)
+        for out in eng.step():
+            if out.finished:
+                final[out.request_id[1]] = out
+    return [final[i] for i in range(len(prompts))]
+
 # %% ../nbs/14_benchmarks.ipynb #6068049f
-def run_w3(llm_on: LLM, llm_off: LLM, prefix_len: int = 1024, n: int = 64, new_tokens: int = 32, vocab: int = 32000, seed: int = 0) -> dict:
+def run_w3(llm_on: LLM, llm_off: LLM, prefix_len: int = 1024, n: int = 64, new_tokens: int = 32, vocab: int = 32000,
+           seed: int = 0) -> dict:
     "KV pages and time for `n` requests sharing a `prefix_len`-token prefix, prefix caching on and off."
     rng = random.Random(seed)
     prefix = [rng.randrange(3, vocab) for _ in range(prefix_len)]
     prompts = [prefix + [rng.randrange(3, vocab) for _ in range(rng.randint(16, 64))] for _ in range(n)]
     sp = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-    res = {}
+    res, tokens = {}, {}
     for name, llm in (("on", llm_on), ("off", llm_off)):
         llm.generate(prompts[:2], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True), use_tqdm=False)
-        seqs = llm._requests(prompts, sp)
+        llm.reset_prefix_cache()  # the warm-up must not leave the prefix cached
+        llm.llm_engine.reset_stats()
         t0 = time.perf_counter()
-        for _ in llm._steps(seqs, arrivals=[0] + [1] * (n - 1)): pass     # the first request warms the prefix
-        if llm.device.type == "cuda": torch.cuda.synchronize()
-        res[name] = {"seconds": time.perf_counter() - t0, "peak_pages": llm.last_stats["peak_pages"],
-                     "cached_prompt_tokens": llm.last_stats["cached_tokens"], "tokens": [s.generated for s in seqs]}
+        outs = run_arrivals(llm, prompts, sp, [0] + [1] * (n - 1))  # the first request computes the prefix
+        if llm.device.type == "cuda":
+            torch.cuda.synchronize()
+        res[name] = {"seconds": time.perf_counter() - t0, "peak_pages": llm.stats.peak_pages,
+                     "cached_prompt_tokens": llm.stats.cached_tokens}
+        tokens[name] = [o.outputs[0].token_ids for o in outs]
     prefix_pages = prefix_len // llm_on.page_size
     saved = res["off"]["peak_pages"] - res["on"]["peak_pages"]
-    same = res["on"].pop("tokens") == res["off"].pop("tokens")
     return {**res, "prefix_pages_per_request": prefix_pages, "pages_saved": saved,
-            "saved_fraction_of_shared_prefix": saved / (prefix_pages * (n - 1)), "same_outputs": same}
+            "saved_fraction_of_shared_prefix": saved / (prefix_pages * (n - 1)),
+            "same_outputs": tokens["on"] == tokens["off"]}
 
 # %% ../nbs/14_benchmarks.ipynb #430cab07
 def run_w4(llm: LLM, n: int = 1000, per_step: int = 4, lo: int = 16, hi: int = 256, new_tokens: int = 16,
            vocab: int = 32000, seed: int = 1, check_alone: int | None = None) -> dict:
-    "`n` requests joining `per_step` per engine step; all must finish. Optionally compare `check_alone` of them with solo runs."
+    "`n` requests joining `per_step` per engine step; all must finish. Optionally compare `check_alone` with solo runs."
     prompts = random_prompts(n, lo, hi, vocab, seed)
     sp = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-    seqs = llm._requests(prompts, sp)
+    llm.llm_engine.reset_stats()
     t0 = time.perf_counter()
-    for _ in llm._steps(seqs, arrivals=[i // per_step for i in range(n)]): pass
+    outs = run_arrivals(llm, prompts, sp, [i // per_step for i in range(n)])
     t = time.perf_counter() - t0
-    reasons = [s.finish_reason for s in seqs]
-    res = {"requests": n, "seconds": t, "finished_length": reasons.count("length"), "lost_or_failed": n - reasons.count("length"),
-           "preemptions": llm.last_stats["preemptions"], "steps": llm.last_stats["steps"], "peak_running": llm.last_stats["peak_running"]}
+    reasons = [o.outputs[0].finish_reason for o in outs]
+    st = llm.stats
+    res = {"requests": n, "seconds": t, "finished_length": reasons.count("length"),
+           "lost_or_failed": n - reasons.count("length"), "preemptions": st.preemptions, "steps": st.steps,
+           "peak_running": st.peak_running}
     if check_alone:
         idx = random.Random(seed).sample(range(n), check_alone)
-        alone = [llm.generate([prompts[i]], sp, use_tqdm=False)[0].token_ids for i in idx]
+        alone = [llm.generate([prompts[i]], sp, use_tqdm=False)[0].outputs[0].token_ids for i in idx]
         res["alone_checked"] = check_alone
-        res["alone_identical"] = sum(a == seqs[i].generated for a, i in zip(alone, idx))
+        res["alone_identical"] = sum(a == outs[i].outputs[0].token_ids for a, i in zip(alone, idx))
     return res
 
 # %% ../nbs/14_benchmarks.ipynb #1fd94263

@@ -65,18 +65,19 @@ def engine_demo(device=None, max_tokens: int = 32, progress: bool = True, out=No
     t0 = time.perf_counter()
     outs = llm.generate(chats, SamplingParams(max_tokens=max_tokens, temperature=0), use_tqdm=progress)
     secs = time.perf_counter() - t0
-    for q, o in zip(DEMO_PROMPTS, outs): print(f"> {q}\n  {o.text.strip()}", file=out)
+    for q, o in zip(DEMO_PROMPTS, outs):
+        print(f"> {q}\n  {o.outputs[0].text.strip()}", file=out)
     stats = llm.cache.stats()
     per_token = stats.bytes_per_page // llm.page_size
-    lens = [len(o.prompt_token_ids) + len(o.token_ids) for o in outs]
-    used = llm.last_stats["peak_pages"] * stats.bytes_per_page
+    lens = [len(o.prompt_token_ids) + len(o.outputs[0].token_ids) for o in outs]
+    used = llm.stats.peak_pages * stats.bytes_per_page
     padded = len(lens) * (max(len(o.prompt_token_ids) for o in outs) + max_tokens) * per_token
     ctx = len(lens) * llm.model.config.max_expected_seq_len * per_token
     mib = lambda b: b / 2**20
-    print(f"{sum(len(o.token_ids) for o in outs)} tokens in {secs:.1f} s on {llm.device}; KV memory: paged {mib(used):.1f} MiB "
+    print(f"{sum(len(o.outputs[0].token_ids) for o in outs)} tokens in {secs:.1f} s on {llm.device}; KV memory: paged {mib(used):.1f} MiB "
           f"(peak, pages of {llm.page_size}), contiguous padded batch {mib(padded):.1f} MiB, "
           f"contiguous at the model's context ({llm.model.config.max_expected_seq_len}) {mib(ctx):.1f} MiB", file=out)
-    return {"texts": [o.text for o in outs], "paged_bytes": used, "padded_bytes": padded, "context_bytes": ctx}
+    return {"texts": [o.outputs[0].text for o in outs], "paged_bytes": used, "padded_bytes": padded, "context_bytes": ctx}
 
 # %% ../nbs/90_cli.ipynb #9add9471
 def main(argv=None) -> int:
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
         if args.chat: prompts = [llm.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
                                                                     add_generation_prompt=True) for q in prompts]
         sp = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-        for q, o in zip(args.prompts, llm.generate(prompts, sp)): print(f"> {q}\n{o.text.strip()}\n")
+        for q, o in zip(args.prompts, llm.generate(prompts, sp)):
+            print(f"> {q}\n{o.outputs[0].text.strip()}\n")
         return 0
     if args.command == "bench":
         from paged_flex.bench import run_bench, plot_bench
