@@ -4,16 +4,17 @@
 
 # %% ../nbs/05_paged_attention.ipynb #4075f046
 from __future__ import annotations
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from .cache import PagedKVCache
 from .masks import sequence_local_mask
+from .backends import BACKENDS, attend, select_backend
 
 # %% auto #0
-__all__ = ['bucket', 'StepMetadata', 'decode_block_mask', 'prefill_block_mask', 'step_metadata', 'check_block_mask',
-           'flex_paged_attention', 'gather_paged_attention', 'paged_attention', 'random_case', 'poison']
+__all__ = ['bucket', 'StepMetadata', 'decode_block_mask', 'prefill_block_mask', 'step_metadata', 'PagedStep', 'attention_step',
+           'flex_paged_attention', 'gather_paged_attention', 'paged_attention']
 
 # %% ../nbs/05_paged_attention.ipynb #b3696d15
 def bucket(n: int, minimum: int = 16) -> int:
@@ -99,23 +100,38 @@ def step_metadata(cache: PagedKVCache, seq_ids: torch.Tensor, positions: torch.T
     if block_mask: bm = (decode_block_mask if decode else prefill_block_mask)(cache, q_seq, q_pos, q_block)
     return StepMetadata(q_seq, q_pos, n, decode, bm, max_len)
 
-# %% ../nbs/05_paged_attention.ipynb #1bcd06bb
-def check_block_mask(bm: BlockMask, allowed: torch.Tensor, q_len: int) -> None:
-    "Assert that `bm`'s tiles cover `allowed` `[queries, slots]` and that its full tiles are all allowed."
-    QB, KB = bm.BLOCK_SIZE
-    B = bm.kv_num_blocks.shape[0]
-    for b in range(B):
-        for qt in range(bm.kv_num_blocks.shape[2]):
-            part = bm.kv_indices[b, 0, qt, :bm.kv_num_blocks[b, 0, qt]].tolist()
-            full = bm.full_kv_indices[b, 0, qt, :bm.full_kv_num_blocks[b, 0, qt]].tolist()
-            q0, q1 = b * q_len + qt * QB, b * q_len + min(q_len, (qt + 1) * QB)
-            rows = allowed[q0:q1].view(q1 - q0, -1, KB)                     # [queries, pages, page_size]
-            needed = rows.any(2).any(0).nonzero().squeeze(1).tolist()
-            missing = set(needed) - set(part) - set(full)
-            assert not missing, f"batch {b} tile {qt}: allowed pages {sorted(missing)} are not listed"
-            assert not set(part) & set(full), f"batch {b} tile {qt}: pages listed as both full and partial"
-            bad = [p for p in full if not rows[:, p].all()]
-            assert not bad, f"batch {b} tile {qt}: pages {bad} are listed as full but not entirely allowed"
+# %% ../nbs/05_paged_attention.ipynb #a1e5c3d7
+@dataclass
+class PagedStep:
+    "One forward pass of packed tokens over the paged cache: built once, read by every layer."
+    cache: PagedKVCache
+    seq_ids: torch.Tensor    # [tokens] int64 sequence of each packed token, on the cache's device
+    positions: torch.Tensor  # [tokens] int64 its logical position (RoPE and the causal mask)
+    slots: torch.Tensor      # [tokens] int64 physical slot its key and value are written to
+    meta: StepMetadata       # padded queries, decode flag, BlockMask (flex), longest context
+    backend: str             # a registry name (notebook 05a): 'gather', 'flex', 'triton_decode', ...
+    host_ids: torch.Tensor | None = None    # [tokens] the same sequence ids and positions on the host, for
+    host_pos: torch.Tensor | None = None    # the Triton prefill kernels' query tiles
+    _tiles: dict = field(default_factory=dict, repr=False)
+
+    def tiles(self, queries_per_tile: int) -> torch.Tensor:
+        "`[num_tiles, 4]` query tiles of the Triton prefill kernels, on the device: once per step and tile size."
+        if queries_per_tile not in self._tiles:
+            from paged_flex.triton_prefill import prefill_tiles
+            tiles = prefill_tiles(self.host_ids, self.host_pos, queries_per_tile)
+            self._tiles[queries_per_tile] = tiles.to(self.cache.device)
+        return self._tiles[queries_per_tile]
+
+# %% ../nbs/05_paged_attention.ipynb #a1e5c3d8
+def attention_step(cache: PagedKVCache,
+                   host_ids: torch.Tensor,   # [tokens] sequence of each token, on the host
+                   host_pos: torch.Tensor,   # [tokens] its position, on the host
+                   backend: str, decode: bool) -> PagedStep:
+    "The step's slots and metadata for registry backend `backend` (no checks: `paged_step` checks)."
+    ids, pos = host_ids.long().to(cache.device), host_pos.long().to(cache.device)
+    meta = step_metadata(cache, ids, pos, decode=decode, max_len=int(host_pos.max()) + 1,
+                         block_mask=BACKENDS[backend].block_mask)
+    return PagedStep(cache, ids, pos, cache.slots(ids, pos), meta, backend, host_ids, host_pos)
 
 # %% ../nbs/05_paged_attention.ipynb #8a68e1ad
 _compiled_flex = None
@@ -177,12 +193,14 @@ def _check_call(q, cache, layer, seq_ids, positions):
                          f"{list(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
     if q.shape[1] % cache.num_kv_heads:
         raise ValueError(f"num_heads={q.shape[1]} is not a multiple of the cache's num_kv_heads={cache.num_kv_heads}")
-    if q.dtype != cache.dtype: raise ValueError(f"q has dtype {q.dtype}; the cache stores {cache.dtype}")
+    if q.dtype != cache.dtype:
+        raise ValueError(f"q has dtype {q.dtype}; the cache stores {cache.dtype}")
     seq_ids, positions = torch.as_tensor(seq_ids), torch.as_tensor(positions)
     if seq_ids.shape != (q.shape[0],) or positions.shape != (q.shape[0],):
         raise ValueError(f"seq_ids and positions must be [tokens={q.shape[0]}], got "
                          f"{list(seq_ids.shape)} and {list(positions.shape)}")
-    if not 0 <= layer < cache.num_layers: raise ValueError(f"layer must be in [0, {cache.num_layers}), got {layer}")
+    if not 0 <= layer < cache.num_layers:
+        raise ValueError(f"layer must be in [0, {cache.num_layers}), got {layer}")
     return seq_ids, positions
 
 def paged_attention(q: torch.Tensor,            # [tokens, num_heads, head_dim]
@@ -192,52 +210,7 @@ def paged_attention(q: torch.Tensor,            # [tokens, num_heads, head_dim]
                     scale: float | None = None, backend: str = "auto") -> torch.Tensor:
     "Each query attends to its sequence's keys at positions <= its own. Returns `[tokens, num_heads, head_dim]`."
     seq_ids, positions = _check_call(q, cache, layer, seq_ids, positions)
-    decode = len(torch.unique(seq_ids)) == len(seq_ids)          # one query per sequence: batch rows
-    if backend == "auto":
-        from paged_flex.triton_decode import triton_head_dim_ok
-        backend = ("triton" if triton_head_dim_ok(q.shape[2]) else "flex") if q.is_cuda else "gather"
-    if backend == "gather": return gather_paged_attention(q, cache, layer, seq_ids, positions, scale)
-    if backend == "triton":                                     # decode kernel, or the prefill kernel for mixed batches
-        if decode:
-            from paged_flex.triton_decode import triton_paged_decode
-            return triton_paged_decode(q, cache, layer, seq_ids, positions, scale)
-        from paged_flex.triton_prefill import triton_paged_prefill
-        return triton_paged_prefill(q, cache, layer, seq_ids, positions, scale)
-    if backend != "flex": raise ValueError(f"backend must be 'auto', 'flex', 'gather' or 'triton', got {backend!r}")
-    return flex_paged_attention(q, cache, layer, step_metadata(cache, seq_ids, positions, decode=decode), scale)
-
-# %% ../nbs/05_paged_attention.ipynb #d1f24dab
-def random_case(num_seqs=4, page_size=4, num_heads=4, num_kv_heads=2, head_dim=8, max_len=40, dtype=torch.float32,
-                device="cpu", decode_only=False, seed=0, spare_pages=8, bystanders=2):
-    "A cache with shuffled pages and random sequences, and a batch of queries: `(cache, q, seq_ids, positions, batch_seqs)`."
-    g = torch.Generator().manual_seed(seed)
-    lens = torch.randint(1, max_len + 1, (num_seqs + bystanders,), generator=g).tolist()
-    lens[0] = page_size * max(1, max_len // (2 * page_size))                  # an exact page multiple
-    lens[-1] = 1
-    num_pages = sum(-(-n // page_size) for n in lens) + spare_pages
-    cache = PagedKVCache(1, num_kv_heads, head_dim, num_pages, page_size, dtype=dtype, device=device, max_seqs=64)
-    cache.allocator._free = torch.randperm(num_pages, generator=g).tolist()
-    for s, n in enumerate(lens):
-        cache.reserve(s, n)
-        k = torch.randn(n, num_kv_heads, head_dim, generator=g).to(dtype)
-        v = torch.randn(n, num_kv_heads, head_dim, generator=g).to(dtype)
-        cache.assign(0, torch.full((n,), s), torch.arange(n), k.to(device), v.to(device))
-    batch = list(range(num_seqs))                      # the last `bystanders` sequences stay out of the batch
-    ids, pos = [], []
-    for s in batch:
-        n = lens[s]
-        if decode_only or torch.rand(1, generator=g).item() < 0.5: start = n - 1   # decode token
-        else: start = int(torch.randint(0, n, (1,), generator=g))                  # a prefill chunk
-        ids += [s] * (n - start); pos += list(range(start, n))
-    perm = torch.randperm(len(ids), generator=g) if not decode_only else torch.arange(len(ids))
-    seq_ids, positions = torch.tensor(ids)[perm], torch.tensor(pos)[perm]
-    if not decode_only:                                 # keep each sequence's chunk together, as an engine would
-        order = torch.argsort(seq_ids * 10**6 + positions); seq_ids, positions = seq_ids[order], positions[order]
-    q = torch.randn(len(ids), num_heads, head_dim, generator=g).to(dtype).to(device)
-    return cache, q, seq_ids.to(device), positions.to(device), batch
-
-def poison(cache: PagedKVCache, keep_seqs, value=float("nan")) -> None:
-    "Fill every page not owned by a sequence in `keep_seqs` with `value`, in all layers."
-    keep = {p for s in keep_seqs for p in cache.pages(s)}
-    others = torch.tensor([p for p in range(cache.num_pages) if p not in keep], dtype=torch.long, device=cache.device)
-    cache.k[:, others] = value; cache.v[:, others] = value
+    ids, pos = seq_ids.cpu(), positions.cpu()
+    decode = len(torch.unique(ids)) == len(ids)                 # one query per sequence: batch rows
+    step = attention_step(cache, ids, pos, select_backend(cache, decode, backend), decode)
+    return attend(q, step, layer, scale)

@@ -51,6 +51,7 @@ class PagedKVCache:
         shape = (num_layers, num_pages, page_size, num_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)  # [layers, pages, page_size, kv_heads, head_dim]
         self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.kernel_state: dict = {}   # kernel name -> what it keeps per cache (e.g. TMA descriptors of the pools)
 
     num_pages = property(lambda self: self.allocator.num_pages)
     num_free_pages = property(lambda self: self.allocator.num_free)

@@ -4,7 +4,6 @@
 
 # %% ../nbs/09_fms.ipynb #6d1342ba
 from __future__ import annotations
-from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from tqdm import tqdm
@@ -14,37 +13,16 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from .cache import PagedKVCache, default_device
 from .block_tables import check_positive_int
-from .attention import StepMetadata, step_metadata, flex_paged_attention, gather_paged_attention
+from .attention import PagedStep, attention_step
+from .backends import attend, select_backend
 
 # %% auto #0
-__all__ = ['BACKENDS', 'ATTN_NAME', 'SUPPORTED_ROPE', 'PagedStep', 'paged_step', 'paged_kv_states', 'pool_layer',
-           'PagedAttentionKwargs', 'register_paged_attention', 'model_kv_shape', 'paged_cache_for', 'check_cache_fits',
-           'paged_attn_kwargs', 'paged_forward', 'fms_rope_scaling', 'check_llama_folder', 'load_llama',
-           'save_random_llama', 'sample', 'generate']
+__all__ = ['ATTN_NAME', 'SUPPORTED_ROPE', 'paged_step', 'paged_kv_states', 'pool_layer', 'PagedAttentionKwargs',
+           'register_paged_attention', 'model_kv_shape', 'paged_cache_for', 'check_cache_fits', 'paged_attn_kwargs',
+           'paged_forward', 'fms_rope_scaling', 'check_llama_folder', 'load_llama', 'save_random_llama', 'sample',
+           'check_sampling', 'encode_prompts', 'generate']
 
 # %% ../nbs/09_fms.ipynb #476e6077
-BACKENDS = ("auto", "gather", "flex", "triton")
-
-@dataclass
-class PagedStep:
-    "One forward pass of packed tokens over the paged cache: built once, read by every layer."
-    cache: PagedKVCache
-    seq_ids: torch.Tensor    # [tokens] int64 sequence of each packed token, on the cache's device
-    positions: torch.Tensor  # [tokens] int64 its logical position (RoPE and the causal mask)
-    slots: torch.Tensor      # [tokens] int64 physical slot its key and value are written to
-    meta: StepMetadata       # padded queries, decode flag, BlockMask (flex), longest context
-    backend: str             # 'gather', 'flex' or 'triton'
-    host_ids: torch.Tensor | None = None    # [tokens] the same sequence ids and positions on the host, for
-    host_pos: torch.Tensor | None = None    # the Triton prefill kernel's query tiles
-    _tiles: dict = field(default_factory=dict, repr=False)
-
-    def tiles(self, queries_per_tile: int) -> torch.Tensor:
-        "`[num_tiles, 4]` query tiles of the Triton prefill kernel, on the device: built once per step and tile size."
-        if queries_per_tile not in self._tiles:
-            from paged_flex.triton_prefill import prefill_tiles
-            self._tiles[queries_per_tile] = prefill_tiles(self.host_ids, self.host_pos, queries_per_tile).to(self.cache.device)
-        return self._tiles[queries_per_tile]
-
 def _check_positions(cache: PagedKVCache, ids: torch.Tensor, pos: torch.Tensor) -> None:
     "Every position reserved for its sequence, and no (sequence, position) twice."
     for s in ids.unique().tolist():
@@ -66,16 +44,11 @@ def paged_step(cache: PagedKVCache, seq_ids, positions, backend: str = "auto", c
                          f"{list(ids.shape)} and {list(pos.shape)}")
     if ids.is_floating_point() or pos.is_floating_point() or torch.bool in (ids.dtype, pos.dtype):
         raise ValueError(f"seq_ids and positions must be integers, got {ids.dtype} and {pos.dtype}")
-    if backend not in BACKENDS: raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if check: _check_positions(cache, ids, pos)                              # the engine's scheduler guarantees them: check=False
     decode = len(ids.unique()) == len(ids)                                  # one token per sequence
-    if backend == "auto":
-        from paged_flex.triton_decode import triton_head_dim_ok
-        backend = ("triton" if triton_head_dim_ok(cache.head_dim) else "flex") if cache.device.type == "cuda" else "gather"
-    host_ids, host_pos = ids, pos
-    ids, pos = ids.long().to(cache.device), pos.long().to(cache.device)
-    meta = step_metadata(cache, ids, pos, decode=decode, max_len=int(host_pos.max()) + 1, block_mask=backend == "flex")
-    return PagedStep(cache, ids, pos, cache.slots(ids, pos), meta, backend, host_ids, host_pos)
+    name = select_backend(cache, decode, backend)                            # the registry decides, once per step
+    if check:                                                                # the engine's scheduler guarantees them
+        _check_positions(cache, ids, pos)
+    return attention_step(cache, ids, pos, name, decode)
 
 # %% ../nbs/09_fms.ipynb #70986819
 def paged_kv_states(cache: PagedKVCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -105,24 +78,11 @@ def _store(keys, values, key_cache, value_cache, paged_step: PagedStep, **_):
 
 def _attend(query, key_cache, value_cache, nheads, kvheads, p_dropout, scale_factor, paged_step: PagedStep, **_):
     "Paged attention of the step's queries `[1, tokens, heads, head_dim]` over this layer's pages."
-    step, q = paged_step, query[0]                                           # [tokens, heads, head_dim]
-    cache, layer = step.cache, pool_layer(step.cache, key_cache)
-    if step.backend == "gather":
-        out = gather_paged_attention(q, cache, layer, step.seq_ids, step.positions, scale_factor)
-    elif step.backend == "flex":
-        out = flex_paged_attention(q, cache, layer, step.meta, scale_factor)
-    else:
-        if step.meta.decode:
-            from paged_flex.triton_decode import paged_decode
-            out = paged_decode(q.contiguous(), cache, layer, step.meta.q_seq, step.meta.q_pos, step.meta.max_len, scale_factor)
-        else:
-            from paged_flex.triton_prefill import paged_prefill, queries_per_tile
-            qpt = queries_per_tile(nheads, kvheads, page_size=cache.page_size, device=q.device, dtype=q.dtype,
-                                   head_dim=q.shape[-1])
-            out = paged_prefill(q.contiguous(), cache, layer, step.tiles(qpt), scale_factor)
-    return out.unsqueeze(0)                                                  # [1, tokens, heads, head_dim]
+    layer = pool_layer(paged_step.cache, key_cache)
+    return attend(query[0], paged_step, layer, scale_factor).unsqueeze(0)   # [1, tokens, heads, head_dim]
 
-def _is_prefill(paged_step: PagedStep, **_) -> bool: return not paged_step.meta.decode
+def _is_prefill(paged_step: PagedStep, **_) -> bool:
+    return not paged_step.meta.decode
 
 def _validate(input_ids, position_ids, past_key_value_states=None, **attn_kwargs) -> None:
     "Host-side checks of one forward call (no device sync)."
@@ -275,27 +235,34 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = N
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
 # %% ../nbs/09_fms.ipynb #a36c18a7
-def _check_sampling(temperature, top_k, top_p) -> None:
+def check_sampling(temperature, top_k, top_p) -> None:
+    "A `ValueError` naming the bad value unless temperature >= 0, top_k a positive int or None, top_p in (0, 1] or None."
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
         raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
-    if top_k is not None: check_positive_int("top_k", top_k)
+    if top_k is not None:
+        check_positive_int("top_k", top_k)
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
 def _eos_ids(eos_token_id, tokenizer) -> set[int]:
-    if eos_token_id is None: eos_token_id = getattr(tokenizer, "eos_token_id", None)
-    if eos_token_id is None: return set()
+    if eos_token_id is None:
+        eos_token_id = getattr(tokenizer, "eos_token_id", None)
+    if eos_token_id is None:
+        return set()
     return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
 
-def _encode(prompts, tokenizer) -> list[list[int]]:
+def encode_prompts(prompts, tokenizer) -> list[list[int]]:
+    "Token-id lists of a non-empty list of prompts, each a string (needs `tokenizer`) or a list of token ids."
     if isinstance(prompts, (str, torch.Tensor)) or not len(prompts):
         raise ValueError("prompts must be a non-empty list of strings or of token-id lists")
     out = []
     for p in prompts:
         if isinstance(p, str):
-            if tokenizer is None: raise ValueError("string prompts need a tokenizer")
+            if tokenizer is None:
+                raise ValueError("string prompts need a tokenizer")
             p = tokenizer(p)["input_ids"]
-        if not len(p): raise ValueError("every prompt needs at least one token")
+        if not len(p):
+            raise ValueError("every prompt needs at least one token")
         out.append([int(t) for t in p])
     return out
 
@@ -303,9 +270,10 @@ def generate(model, tokenizer, prompts, cache: PagedKVCache, max_new_tokens: int
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              eos_token_id: int | list[int] | None = None, backend: str = "auto", progress: bool = False) -> list[list[int]]:
     "New token ids for each prompt (strings or token-id lists): packed prefill, then batched decode over `cache`."
-    check_positive_int("max_new_tokens", max_new_tokens); _check_sampling(temperature, top_k, top_p)
+    check_positive_int("max_new_tokens", max_new_tokens)
+    check_sampling(temperature, top_k, top_p)
     check_cache_fits(model, cache)
-    prompts, eos = _encode(prompts, tokenizer), _eos_ids(eos_token_id, tokenizer)
+    prompts, eos = encode_prompts(prompts, tokenizer), _eos_ids(eos_token_id, tokenizer)
     longest, limit = max(map(len, prompts)) + max_new_tokens, min(cache.max_seq_len, model.config.max_expected_seq_len)
     if longest > limit:
         raise ValueError(f"the longest prompt plus max_new_tokens is {longest} tokens; the model and cache allow "

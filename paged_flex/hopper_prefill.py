@@ -8,6 +8,7 @@ import math
 import torch
 import triton
 from .cache import PagedKVCache
+from .backends import TRITON_INTERPRETED
 from .triton_prefill import cuda_capability, heads_per_program
 try:
     from triton.experimental import gluon
@@ -22,7 +23,8 @@ except (ImportError, AttributeError):                   # another Triton: 06b's 
 HAVE_GLUON = HAVE_GLUON and hasattr(tma, "async_copy_global_to_shared")   # Gluon's API as of Triton 3.6 (the H100's)
 
 # %% auto #0
-__all__ = ['HAVE_GLUON', 'HOPPER_CONFIG', 'hopper_prefill_ok', 'pool_descriptors', 'hopper_prefill', 'sm90_ptx_summary']
+__all__ = ['HAVE_GLUON', 'HOPPER_CONFIG', 'hopper_prefill_ok', 'pool_descriptors', 'hopper_prefill', 'hopper_launch',
+           'sm90_ptx_summary']
 
 # %% ../nbs/06c_hopper_prefill.ipynb #e9a5dc57
 if HAVE_GLUON:
@@ -195,11 +197,12 @@ def hopper_prefill_ok(device, dtype: torch.dtype, head_dim: int, page_size: int,
             and dtype in (torch.bfloat16, torch.float16) and head_dim in (64, 128)
             and ps % 8 == 0 and page_size % ps == 0 and block_n % ps == 0)
 
+# %% ../nbs/06c_hopper_prefill.ipynb #e6c1a003
 def pool_descriptors(cache: PagedKVCache, layer: int, block_n: int) -> tuple:
-    "TMA descriptors over layer `layer`'s key and value pools seen as `[slots, kv_heads * head_dim]`: pieces of `min(page_size, block_n)` rows x 64 columns."
+    "TMA descriptors over a layer's K and V pools as `[slots, kv_heads * head_dim]`, in `min(page_size, block_n)` x 64 pieces."
     k, v = cache.k[layer], cache.v[layer]
     ps = min(cache.page_size, block_n)
-    kept = cache.__dict__.setdefault("_hopper_descriptors", {})      # they live and die with the cache
+    kept = cache.kernel_state.setdefault("hopper_prefill", {})      # they live and die with the cache
     key = (layer, k.data_ptr(), v.data_ptr(), ps)
     if key not in kept:
         n_slots, row = k.shape[0] * k.shape[1], k.shape[2] * k.shape[3]
@@ -208,43 +211,47 @@ def pool_descriptors(cache: PagedKVCache, layer: int, block_n: int) -> tuple:
                      TensorDescriptor(v.view(n_slots, row), [n_slots, row], [row, 1], [ps, 64], layout), ps)
     return kept[key]
 
+# %% ../nbs/06c_hopper_prefill.ipynb #e6c1a005
 def hopper_prefill(q: torch.Tensor,         # [tokens, num_heads, head_dim] packed queries, bf16/fp16
                    cache: PagedKVCache, layer: int,
-                   tiles: torch.Tensor,     # [num_tiles, 4] int32 from `prefill_tiles` with `block_m / heads_per_program` queries
+                   tiles: torch.Tensor,     # [num_tiles, 4] int32 from `prefill_tiles`, block_m / heads_per_program queries
                    scale: float | None = None, block_m: int | None = None, block_n: int | None = None,
-                   num_warps: int | None = None, num_stages: int | None = None, pack_heads: bool | None = None) -> torch.Tensor:
+                   num_warps: int | None = None, num_stages: int | None = None,
+                   pack_heads: bool | None = None) -> torch.Tensor:
     "Causal paged attention for packed prefill chunks on an sm_90 GPU. Returns `[tokens, num_heads, head_dim]`."
     T, H, D = q.shape
-    c = {k: v if v is not None else HOPPER_CONFIG[k] for k, v in dict(block_m=block_m, block_n=block_n,
-         num_warps=num_warps, num_stages=num_stages, pack_heads=pack_heads).items()}
+    asked = dict(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages, pack_heads=pack_heads)
+    c = {k: v if v is not None else HOPPER_CONFIG[k] for k, v in asked.items()}
     if not hopper_prefill_ok(q.device, q.dtype, D, cache.page_size, c["block_n"]):
-        raise ValueError(f"hopper_prefill needs Gluon, an sm_90 GPU, bf16/fp16, head_dim 64 or 128 and page_size a multiple "
-                         f"of 8 that divides or is divided by block_n; got device {q.device}, {q.dtype}, head_dim {D}, "
-                         f"page_size {cache.page_size}, block_n {c['block_n']}")
+        raise ValueError(f"hopper_prefill needs Gluon, an sm_90 GPU, bf16/fp16, head_dim 64 or 128 and page_size a "
+                         f"multiple of 8 that divides or is divided by block_n; got device {q.device}, {q.dtype}, "
+                         f"head_dim {D}, page_size {cache.page_size}, block_n {c['block_n']}")
     if c["num_warps"] not in (4, 8) or c["block_m"] != 16 * c["num_warps"]:
-        raise ValueError(f"block_m must be 16 x num_warps with 4 or 8 warps, got block_m {c['block_m']}, num_warps {c['num_warps']}")
-    return _hopper_launch(q, cache, layer, tiles, scale, c)
+        raise ValueError(f"block_m must be 16 x num_warps with 4 or 8 warps, got block_m {c['block_m']}, "
+                         f"num_warps {c['num_warps']}")
+    return hopper_launch(q, cache, layer, tiles, scale, c)
 
-def _hopper_launch(q, cache, layer, tiles, scale, c: dict) -> torch.Tensor:
-    "Launch for a configuration `c` already checked (by `hopper_prefill`, or by `paged_prefill` through `prefill_config`)."
+def hopper_launch(q, cache, layer, tiles, scale, c: dict) -> torch.Tensor:
+    "Launch for a configuration `c` already checked (by `hopper_prefill`, or by the backend registry)."
     T, H, D = q.shape
-    if not q.is_contiguous(): q = q.contiguous()
+    if not q.is_contiguous():
+        q = q.contiguous()
     GP = heads_per_program(H, cache.num_kv_heads, c["block_m"], c["pack_heads"])
     kd, vd, ps = pool_descriptors(cache, layer, c["block_n"])
     k, v = cache.k[layer], cache.v[layer]
     out = torch.empty_like(q)
+    scale = scale if scale is not None else 1.0 / math.sqrt(D)
     _hopper_prefill_kernel[(tiles.shape[0], H // GP)](
-        q, out, k, v, kd, vd, cache.block_table, tiles, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
-        cache.block_table.stride(0), scale if scale is not None else 1.0 / math.sqrt(D), G=H // cache.num_kv_heads, GP=GP,
-        D=D, P=cache.page_size, PS=ps, BLOCK_M=c["block_m"], BLOCK_N=c["block_n"], STAGES=c["num_stages"],
-        num_warps=c["num_warps"])
+        q, out, k, v, kd, vd, cache.block_table, tiles, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        k.stride(2), cache.block_table.stride(0), scale, G=H // cache.num_kv_heads, GP=GP, D=D, P=cache.page_size,
+        PS=ps, BLOCK_M=c["block_m"], BLOCK_N=c["block_n"], STAGES=c["num_stages"], num_warps=c["num_warps"])
     return out
 
 # %% ../nbs/06c_hopper_prefill.ipynb #8e5b5f73
 def sm90_ptx_summary(page_size: int = 16, head_dim: int = 128, dtype: str = "bf16", **config) -> dict:
     "Compile the kernel for an sm_90 GPU (no GPU needed; `HOPPER_CONFIG` updated by `config`) and count key PTX instructions."
     import os, re, json, subprocess, sys
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if TRITON_INTERPRETED:
         code = (f"import json; from paged_flex.hopper_prefill import sm90_ptx_summary as f; "
                 f"print(json.dumps(f({page_size}, {head_dim}, {dtype!r}, **{config!r})))")
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

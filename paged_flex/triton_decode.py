@@ -9,25 +9,12 @@ import torch
 import triton
 import triton.language as tl
 from .cache import PagedKVCache
+from .backends import check_triton_head_dim, prepare_triton
+
+prepare_triton()
 
 # %% auto #0
-__all__ = ['triton_head_dim_ok', 'check_triton_head_dim', 'num_splits_for', 'paged_decode', 'triton_paged_decode']
-
-# %% ../nbs/06_triton_decode.ipynb #7d33d64d
-import os
-
-def _interpreter_scalar_loop_bounds() -> None:
-    "Let Triton's CPU interpreter use loaded scalars as `range` bounds under numpy 2."
-    from triton.runtime import interpreter
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "paged_flex", False): return
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-    patched.paged_flex = True
-    interpreter._patch_lang_tensor = patched
-
-if os.environ.get("TRITON_INTERPRET") == "1": _interpreter_scalar_loop_bounds()
+__all__ = ['num_splits_for', 'paged_decode']
 
 # %% ../nbs/06_triton_decode.ipynb #d6db22cc
 @triton.jit
@@ -99,16 +86,6 @@ def _decode_combine_kernel(Acc, ML, Out, stride_ot, stride_oh, n_splits,
     out = num / tl.where(den > 0, den, 1.0)
     tl.store(Out + b * stride_ot + h * stride_oh + d, out.to(Out.dtype.element_ty))
 
-# %% ../nbs/06_triton_decode.ipynb #0ebd5c73
-def triton_head_dim_ok(head_dim: int) -> bool:
-    "Whether the Triton kernels take this head_dim: a power of two >= 16."
-    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
-
-def check_triton_head_dim(head_dim: int) -> None:
-    if not triton_head_dim_ok(head_dim):
-        raise ValueError(f"the Triton paged kernels need head_dim to be a power of two >= 16, got {head_dim}; "
-                         f"use backend='flex' or 'gather'")
-
 # %% ../nbs/06_triton_decode.ipynb #41f2e2c4
 def num_splits_for(batch: int, kv_heads: int, max_len: int, block_n: int, target_programs: int) -> int:
     "Splits per sequence so that `batch * kv_heads * splits` programs fill the GPU, each with >= 2 tiles of keys."
@@ -120,7 +97,8 @@ _TARGET_PROGRAMS = {}
 
 def _target_programs(device) -> int:
     "Two programs per multiprocessor (a CPU interpreter run gets a small number)."
-    if device.type != "cuda": return 8
+    if device.type != "cuda":
+        return 8
     if device not in _TARGET_PROGRAMS:
         _TARGET_PROGRAMS[device] = 2 * torch.cuda.get_device_properties(device).multi_processor_count
     return _TARGET_PROGRAMS[device]
@@ -155,10 +133,3 @@ def paged_decode(q: torch.Tensor,          # [B, num_heads, head_dim] one query 
         _decode_combine_kernel[(B, H)](acc, ml, out, out.stride(0), out.stride(1), splits,
                                        H=H, D=D, S_PAD=triton.next_power_of_2(splits))
     return out
-
-def triton_paged_decode(q, cache, layer, seq_ids, positions, scale=None):
-    "`paged_attention` for decode batches (one query per sequence) through the Triton kernel."
-    if not q.is_contiguous(): q = q.contiguous()
-    pos = positions.to(device=q.device, dtype=torch.int32)
-    return paged_decode(q, cache, layer, seq_ids.to(device=q.device, dtype=torch.int32), pos,
-                        max_len=int(positions.max()) + 1, scale=scale)

@@ -9,13 +9,13 @@ import torch
 import triton
 import triton.language as tl
 from .cache import PagedKVCache
-from .triton_decode import _interpreter_scalar_loop_bounds, check_triton_head_dim
-import os
-if os.environ.get("TRITON_INTERPRET") == "1": _interpreter_scalar_loop_bounds()
+from .backends import check_triton_head_dim, prepare_triton
+
+prepare_triton()
 
 # %% auto #0
 __all__ = ['PREFILL_CONFIG', 'TMA_CONFIG', 'prefill_tiles', 'cuda_capability', 'tma_prefill_ok', 'prefill_config',
-           'heads_per_program', 'queries_per_tile', 'paged_prefill', 'triton_paged_prefill']
+           'heads_per_program', 'queries_per_tile', 'paged_prefill']
 
 # %% ../nbs/06b_triton_prefill.ipynb #41fa14ad
 def prefill_tiles(seq_ids: torch.Tensor,    # [tokens] sequence of each query (runs of one sequence)
@@ -123,28 +123,43 @@ PREFILL_CONFIG = dict(block_m=64, block_n=64, num_warps=4, num_stages=2, pack_he
 TMA_CONFIG = dict(block_m=128, block_n=64, num_warps=4, num_stages=3, pack_heads=True)       # whole-page blocks by bulk copy
 
 @functools.lru_cache(maxsize=None)
-def _capability(device: torch.device) -> tuple[int, int]: return torch.cuda.get_device_capability(device)
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
 
 def cuda_capability(device) -> tuple[int, int]:
-    "Compute capability of a CUDA device, asked of the driver once per device (the prefill path checks it every layer)."
+    "Compute capability of a CUDA device, asked of the driver once per device (prefill checks it every layer)."
     device = torch.device(device)
     return _capability(device if device.index is not None else torch.device("cuda", torch.cuda.current_device()))
 
 def tma_prefill_ok(device, page_size: int, block_n: int = TMA_CONFIG["block_n"]) -> bool:
-    "Can the bulk-copy variant run: a GPU of compute capability 9+, Triton with tensor descriptors, pages of whole key blocks?"
+    "Can the bulk-copy variant run: compute capability 9+, Triton with tensor descriptors, pages of whole key blocks?"
     device = torch.device(device)
     return (device.type == "cuda" and hasattr(tl, "make_tensor_descriptor") and page_size % block_n == 0
             and cuda_capability(device)[0] >= 9)
 
-def prefill_config(page_size: int, device, dtype: torch.dtype | None = None, head_dim: int | None = None) -> dict:
-    "The default prefill kernel and its configuration here: `kernel` is 'hopper' (06c, needs `dtype` and `head_dim`), 'tma' or 'pointer'."
-    if dtype is not None and head_dim is not None:
-        from paged_flex.hopper_prefill import hopper_prefill_ok, HOPPER_CONFIG
-        if hopper_prefill_ok(device, dtype, head_dim, page_size): return dict(HOPPER_CONFIG, kernel="hopper", tma=False)
-    if tma_prefill_ok(device, page_size): return dict(TMA_CONFIG, kernel="tma", tma=True)
+def prefill_config(page_size: int, device) -> dict:
+    "This kernel's default variant and configuration here: `kernel` is 'tma' (bulk copies) or 'pointer'."
+    if tma_prefill_ok(device, page_size):
+        return dict(TMA_CONFIG, kernel="tma", tma=True)
     return dict(PREFILL_CONFIG, kernel="pointer", tma=False)
 
+# %% ../nbs/06b_triton_prefill.ipynb #c3a9e103
+def heads_per_program(num_heads: int, num_kv_heads: int, block_m: int, pack_heads: bool = True) -> int:
+    "Query heads one program computes: the whole GQA group of a KV head when packing and it divides the tile, else 1."
+    G = num_heads // num_kv_heads
+    return G if pack_heads and G > 1 and block_m % G == 0 and G & (G - 1) == 0 else 1
+
+def queries_per_tile(num_heads: int, num_kv_heads: int, block_m: int | None = None, pack_heads: bool | None = None,
+                     page_size: int | None = None, device=None) -> int:
+    "Queries in one tile of `prefill_tiles`: `block_m` rows / heads per program (defaults: `prefill_config`)."
+    base = prefill_config(page_size, device) if page_size is not None and device is not None else PREFILL_CONFIG
+    block_m = block_m or base["block_m"]
+    pack = base["pack_heads"] if pack_heads is None else pack_heads
+    return block_m // heads_per_program(num_heads, num_kv_heads, block_m, pack)
+
+# %% ../nbs/06b_triton_prefill.ipynb #c3a9e106
 _ALLOCATOR_SET = False
+
 def _ensure_tma_allocator() -> None:
     "Tensor descriptors made inside a kernel need scratch memory from Triton's allocator: give it PyTorch's, once."
     global _ALLOCATOR_SET
@@ -152,57 +167,33 @@ def _ensure_tma_allocator() -> None:
         triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
         _ALLOCATOR_SET = True
 
-def heads_per_program(num_heads: int, num_kv_heads: int, block_m: int, pack_heads: bool = True) -> int:
-    "Query heads one program computes: the whole GQA group of a KV head when packing and it divides the tile, else 1."
-    G = num_heads // num_kv_heads
-    return G if pack_heads and G > 1 and block_m % G == 0 and G & (G - 1) == 0 else 1
-
-def queries_per_tile(num_heads: int, num_kv_heads: int, block_m: int | None = None, pack_heads: bool | None = None,
-                     page_size: int | None = None, device=None, dtype: torch.dtype | None = None,
-                     head_dim: int | None = None) -> int:
-    "Queries in one tile of `prefill_tiles`: `block_m` rows / heads per program (defaults: `prefill_config(page_size, device, dtype, head_dim)`)."
-    base = prefill_config(page_size, device, dtype, head_dim) if page_size is not None and device is not None else PREFILL_CONFIG
-    block_m = block_m or base["block_m"]
-    pack = base["pack_heads"] if pack_heads is None else pack_heads
-    return block_m // heads_per_program(num_heads, num_kv_heads, block_m, pack)
-
 def paged_prefill(q: torch.Tensor,          # [tokens, num_heads, head_dim] packed queries
                   cache: PagedKVCache, layer: int,
-                  tiles: torch.Tensor,      # [num_tiles, 4] int32 from `prefill_tiles(..., queries_per_tile(..., dtype, head_dim))`, on q's device
+                  tiles: torch.Tensor,      # [num_tiles, 4] int32 from `prefill_tiles(..., queries_per_tile(...))`
                   scale: float | None = None, block_m: int | None = None, block_n: int | None = None,
                   num_warps: int | None = None, num_stages: int | None = None, pack_heads: bool | None = None,
                   tma: bool | None = None) -> torch.Tensor:
-    "Causal paged attention for packed prefill chunks (and any decode tokens among them). Returns `[tokens, num_heads, head_dim]`."
+    "Causal paged attention for packed prefill chunks (and decode tokens among them). Returns `[tokens, num_heads, head_dim]`."
     T, H, D = q.shape
     check_triton_head_dim(D)
-    defaults = all(x is None for x in (block_m, block_n, num_warps, num_stages, pack_heads, tma))
-    base = prefill_config(cache.page_size, q.device, *((q.dtype, D) if defaults else (None, None)))
-    if base["kernel"] == "hopper":                                       # notebook 06c's kernel, checked by prefill_config
-        from paged_flex.hopper_prefill import _hopper_launch
-        return _hopper_launch(q, cache, layer, tiles, scale, base)
-    cfg = {k: v if v is not None else base[k] for k, v in
-           dict(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages, pack_heads=pack_heads).items()}
+    base = prefill_config(cache.page_size, q.device)
+    asked = dict(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages, pack_heads=pack_heads)
+    cfg = {k: v if v is not None else base[k] for k, v in asked.items()}
     can_tma = tma_prefill_ok(q.device, cache.page_size, cfg["block_n"])
     if tma and not can_tma:
-        raise ValueError(f"tma=True needs a GPU of compute capability 9+ and page_size ({cache.page_size}) a multiple of "
-                         f"block_n ({cfg['block_n']})")
+        raise ValueError(f"tma=True needs a GPU of compute capability 9+ and page_size ({cache.page_size}) a multiple "
+                         f"of block_n ({cfg['block_n']})")
     use_tma = can_tma if tma is None else tma
     GP = heads_per_program(H, cache.num_kv_heads, cfg["block_m"], cfg["pack_heads"])
     k, v = cache.k[layer], cache.v[layer]                        # [num_pages, page_size, kv_heads, D]
     out = torch.empty_like(q)
     scale = scale if scale is not None else 1.0 / math.sqrt(D)
-    if use_tma: _ensure_tma_allocator()
+    if use_tma:
+        _ensure_tma_allocator()
     _prefill_kernel[(tiles.shape[0], H // GP)](
         q, k, v, out, cache.block_table, tiles, k.shape[0] * k.shape[1],
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), cache.block_table.stride(0), scale,
         KV=cache.num_kv_heads, G=H // cache.num_kv_heads, GP=GP, D=D, P=cache.page_size, BLOCK_M=cfg["block_m"],
-        BLOCK_N=cfg["block_n"], IEEE=q.dtype == torch.float32, TMA=use_tma, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        BLOCK_N=cfg["block_n"], IEEE=q.dtype == torch.float32, TMA=use_tma, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"])
     return out
-
-def triton_paged_prefill(q, cache, layer, seq_ids, positions, scale=None):
-    "`paged_attention` for packed batches through the Triton prefill kernel."
-    if not q.is_contiguous(): q = q.contiguous()
-    qpt = queries_per_tile(q.shape[1], cache.num_kv_heads, page_size=cache.page_size, device=q.device, dtype=q.dtype,
-                           head_dim=q.shape[2])
-    tiles = prefill_tiles(seq_ids.cpu(), positions.cpu(), qpt).to(q.device)
-    return paged_prefill(q, cache, layer, tiles, scale)

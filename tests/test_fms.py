@@ -12,7 +12,7 @@ import torch
 import transformers
 from transformers import LlamaForCausalLM
 
-from paged_flex.attention import poison
+from paged_flex.testing import poison
 from paged_flex.fms import (generate, load_llama, paged_cache_for, paged_forward, paged_kv_states, paged_step,
                             pool_layer, register_paged_attention, save_random_llama)
 from paged_flex.pages import OutOfPagesError

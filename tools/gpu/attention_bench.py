@@ -7,7 +7,8 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from common import scattered_decode_case, packed_prefill_case
 from paged_flex.cache import PagedKVCache, reference_attention
-from paged_flex.attention import random_case, poison, step_metadata, flex_paged_attention, paged_attention
+from paged_flex.testing import random_case, poison
+from paged_flex.attention import step_metadata, flex_paged_attention, paged_attention
 from paged_flex.triton_decode import paged_decode
 warnings.filterwarnings("ignore")
 import torch._dynamo

@@ -9,7 +9,8 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from common import packed_prefill_case
 from paged_flex.cache import PagedKVCache, reference_attention
-from paged_flex.attention import random_case, poison, paged_attention
+from paged_flex.testing import random_case, poison
+from paged_flex.attention import paged_attention
 from paged_flex.triton_prefill import paged_prefill, prefill_tiles, queries_per_tile, PREFILL_CONFIG, prefill_config, tma_prefill_ok, heads_per_program
 from paged_flex.hopper_prefill import hopper_prefill, hopper_prefill_ok, HOPPER_CONFIG
 warnings.filterwarnings("ignore")

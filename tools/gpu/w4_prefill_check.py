@@ -8,7 +8,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import paged_flex.hopper_prefill as hp
 from paged_flex.engine import LLM
 from paged_flex.bench import run_w4, W1_CONFIG, random_model_folder
-from paged_flex.attention import random_case
+from paged_flex.testing import random_case
 from paged_flex.triton_prefill import paged_prefill, prefill_tiles, queries_per_tile
 res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds"),
        "workload": "W4 of notebook 14 (1000 requests, 4 join per step, prompts 16-256, 16 new tokens, bf16 random LLaMA-3.2-1B shape)"}
