@@ -9,6 +9,7 @@ c = cfg['DEFAULT']
 licenses = {'apache2': 'Apache-2.0'}   # SPDX expression (license classifiers are deprecated)
 statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable', '6 - Mature', '7 - Inactive']
 readme = Path(__file__).parent / 'README.md'
+extras = {k: c.get(f'{k}_requirements', '').split() for k in ('assets', 'bench', 'triton')}
 
 setuptools.setup(
     name=c['lib_name'],
@@ -29,7 +30,7 @@ setuptools.setup(
     include_package_data=True,
     python_requires='>=' + c['min_python'],
     install_requires=c.get('requirements', '').split(),
-    extras_require={'dev': c.get('dev_requirements', '').split()},
+    extras_require={**extras, 'dev': extras['assets'] + extras['bench'] + c.get('dev_requirements', '').split()},
     entry_points={'console_scripts': c.get('console_scripts', '').split(), 'nbdev': [f"{c['lib_path']}={c['lib_path']}._modidx:d"]},
     zip_safe=False,
 )
