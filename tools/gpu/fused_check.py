@@ -31,7 +31,7 @@ variants = {"baseline": {}, "fused": dict(fused_kernels=True), "graphs": dict(cu
 toks = {}
 for name, kw in variants.items():
     llm = LLM(f32, dtype=torch.float32, max_num_seqs=16, kv_cache_memory=4 * 2**30, **{**base, **kw})
-    toks[name] = [r.token_ids for r in llm.generate(prompts[:16], sp, use_tqdm=False)]
+    toks[name] = [r.outputs[0].token_ids for r in llm.generate(prompts[:16], sp, use_tqdm=False)]
     del llm; torch.cuda.empty_cache()
 def first_diff(x, y): return next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), None)
 res["fp32_tokens_vs_baseline"] = {n: {"identical": sum(x == y for x, y in zip(t, toks["baseline"])),
@@ -46,5 +46,5 @@ pr = cProfile.Profile(); pr.enable(); llm.generate(prompts, sp, use_tqdm=False);
 s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats("cumtime").print_stats(45); res["cprofile_cum"] = s.getvalue()
 s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(25); res["cprofile_tot"] = s.getvalue()
 print(res["cprofile_cum"][:9000]); print(res["cprofile_tot"][:5000])
-print("timings", llm.last_stats["timings"], llm.last_stats["plans"])
+print("timings", llm.stats.timings, llm.stats.plans)
 json.dump(res, open(os.path.join(OUT, "fused_check.json"), "w"), indent=1)
