@@ -133,10 +133,9 @@ def paged_latency(model, tokens: torch.Tensor, context: int, cfg: BenchConfig) -
     st = cache.stats()
     res.update(peak_GB=_peak_GB(device), cache_GB=st.bytes_used / 1e9, pool_GB=st.bytes_total / 1e9)
     if device.type == "cuda":                                              # the same decode, replayed as a CUDA graph
-        from paged_flex.engine import ModelRunner, _ensure_scratch, _capture, _graph_buckets
+        from paged_flex.engine import ModelRunner, graph_buckets
         runner = ModelRunner(model, cache)
-        _ensure_scratch(runner)
-        g = _capture(runner, *_graph_buckets(B, total))
+        g = runner.capture(*graph_buckets(B, total))
         base = context + cfg.warmup + cfg.steps
         def gstep(i):
             n = base + i

@@ -6,7 +6,7 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from paged_flex.bench import W1_CONFIG, random_prompts, random_model_folder, environment
-from paged_flex.engine import LLM, _capture, _ensure_scratch
+from paged_flex.engine import LLM
 from paged_flex.fms import paged_step, paged_forward
 res = environment(); OUT = os.environ.get("OUT", ".")
 bench = lambda fn: do_bench(fn, warmup=10, rep=100, return_mode="median")
@@ -28,7 +28,7 @@ c = llm.cache
 for i, p in enumerate(prompts): c.reserve(i, len(p) + 64)
 ids = torch.arange(64); pos = torch.tensor([len(p) + 32 for p in prompts])
 toks = torch.randint(3, 32000, (64,), device="cuda")
-_ensure_scratch(llm.runner); g = _capture(llm.runner, 64, 2048)
+g = llm.llm_engine.runner.capture(64, 2048)
 g.seq_ids.copy_(ids); g.positions.copy_(pos); g.tokens.copy_(toks)
 res["decode_graph_ms"] = bench(g.graph.replay)
 def eager_decode():
