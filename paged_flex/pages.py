@@ -12,6 +12,7 @@ __all__ = ['OutOfPagesError', 'PageAllocator']
 # %% ../nbs/00_pages.ipynb #f4cc9227
 class OutOfPagesError(RuntimeError):
     "Not enough free pages for a request; the pool is left exactly as it was."
+
     def __init__(self, pages_needed: int, pages_free: int, seq_id=None):
         self.pages_needed, self.pages_free, self.seq_id = pages_needed, pages_free, seq_id
         who = f"sequence {seq_id!r} needs" if seq_id is not None else "request needs"
@@ -31,7 +32,9 @@ class PageAllocator:
         self._keep: set[int] = set()  # pages that become cached, not free, when their last owner goes
         self.on_evict = None  # called with each cached page that is taken for new KV
 
-    num_free = property(lambda self: len(self._free) + len(self._cached), doc="Pages allocate() can hand out.")
+    num_free = property(
+        lambda self: len(self._free) + len(self._cached), doc="Pages allocate() can hand out."
+    )
     num_cached = property(lambda self: len(self._cached), doc="Free pages that still hold a cached prefix.")
     num_used = property(lambda self: self.num_pages - self.num_free, doc="Pages with at least one owner.")
 
@@ -50,8 +53,10 @@ class PageAllocator:
         return page
 
     def __repr__(self):
-        return (f"PageAllocator(num_pages={self.num_pages}, used={self.num_used}, free={self.num_free}, "
-                f"cached={self.num_cached})")
+        return (
+            f"PageAllocator(num_pages={self.num_pages}, used={self.num_used}, free={self.num_free}, "
+            f"cached={self.num_cached})"
+        )
 
 # %% ../nbs/00_pages.ipynb #707bb4b2
 @patch
@@ -65,6 +70,7 @@ def allocate(self: PageAllocator, n: int, seq_id=None) -> list[int]:
     for p in pages:
         self._refs[p] = 1
     return pages
+
 
 @patch
 def _evict(self: PageAllocator) -> int:
@@ -87,6 +93,7 @@ def share(self: PageAllocator, pages) -> None:
     for p in pages:
         self._cached.pop(p, None)
         self._refs[p] += 1
+
 
 @patch
 def free(self: PageAllocator, pages) -> None:
@@ -113,9 +120,11 @@ def mark_cached(self: PageAllocator, page: int) -> None:
         raise ValueError(f"cannot mark page {page} as cached: it has no owner")
     self._keep.add(page)
 
+
 @patch
 def reset_cached(self: PageAllocator) -> list[int]:
-    "Forget every cached page (they become plain free pages) and every mark; returns the pages that were cached."
+    """Forget every cached page (they become plain free pages) and every mark;
+    returns the pages that were cached."""
     pages = list(self._cached)
     self._free.extend(reversed(pages))
     self._cached.clear()
