@@ -16,8 +16,17 @@ from fastcore.meta import delegates
 from tqdm.auto import tqdm
 from .cache import PagedKVCache, default_device
 from .scheduler import Scheduler, SchedulerConfig, Sequence, StepPlan
-from .fms import (load_llama, paged_cache_for, paged_step, paged_forward, PagedStep, sample, model_kv_shape,
-                            check_sampling, encode_prompts)
+from paged_flex.fms import (
+    load_llama,
+    paged_cache_for,
+    paged_step,
+    paged_forward,
+    PagedStep,
+    sample,
+    model_kv_shape,
+    check_sampling,
+    encode_prompts,
+)
 from .attention import StepMetadata
 from .block_tables import check_positive_int, check_page_size
 
@@ -30,6 +39,7 @@ __all__ = ['GRAPH_BATCHES', 'DEFAULT_PAGE_SIZE', 'SamplingParams', 'CompletionOu
 @dataclass
 class SamplingParams:
     "How to generate for one request (vLLM's names). `temperature=0` is greedy."
+
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
@@ -53,15 +63,18 @@ class SamplingParams:
 @dataclass
 class CompletionOutput:
     "One generated sequence of a request (vLLM's shape)."
+
     index: int  # which of the request's samples
     text: str  # generated text, stop string excluded ('' without a tokenizer)
     token_ids: list[int]  # generated token ids
     finish_reason: str | None  # 'stop', 'length', 'abort' or 'error'; None while it runs
     logprobs: list | None = None
 
+
 @dataclass
 class RequestOutput:
     "What a request has produced so far (vLLM's shape): `outputs[0].text` is the text."
+
     request_id: Any
     prompt: str | None  # the prompt text, when the prompt was given as text
     prompt_token_ids: list[int]
@@ -82,15 +95,16 @@ class IncrementalDetokenizer:
         self.stopped = False  # a stop string completed: later tokens add no text
 
     def add(self, token: int) -> str | None:
-        "Decode one new token into `text`; returns 'stop' when a stop string completes (`text` ends before it)."
+        """Decode one new token into `text`;
+        returns 'stop' when a stop string completes (`text` ends before it)."""
         if self.stopped:
             return "stop"
         self.ids.append(token)
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)
-        head, full = decode(self.ids[self.prefix:self.read]), decode(self.ids[self.prefix:])
+        head, full = decode(self.ids[self.prefix : self.read]), decode(self.ids[self.prefix :])
         if len(full) <= len(head) or full.endswith("\ufffd"):  # no new text yet, or half a character
             return None
-        delta = full[len(head):]
+        delta = full[len(head) :]
         self.prefix, self.read = self.read, len(self.ids)
         start = max(0, len(self.text) - max(map(len, self.stop), default=1) + 1)
         self.text += delta
@@ -109,7 +123,8 @@ class ModelRunner:
         self.cuda_graphs = cuda_graphs and cache.device.type == "cuda"
         self.graphs: dict = {}  # (batch bucket, context bucket) -> DecodeGraph
         self.graph_pool = None
-        self.scratch_row = cache.max_seqs - 1  # padding rows of a graph write here (the scheduler never uses it)
+        # padding rows of a graph write here (the scheduler never uses it)
+        self.scratch_row = cache.max_seqs - 1
         self.scratch_page = None
 
     def run(self, plan: StepPlan, timings: dict | None = None) -> torch.Tensor:  # [L, vocab]
@@ -124,7 +139,8 @@ class ModelRunner:
         t1 = time.perf_counter()
         logits = paged_forward(self.model, plan.token_ids[order], step, last_n_tokens=max(L, 1))
         _record(timings, self.cache.device, metadata=t1 - t0, model_since=t1)
-        return logits[logits.shape[0] - L:]
+        return logits[logits.shape[0] - L :]
+
 
 def _record(timings: dict | None, device: torch.device, metadata: float, model_since: float) -> None:
     "Add a step's metadata time and its model time (synchronised, up to now) to `timings`."
@@ -137,8 +153,10 @@ def _record(timings: dict | None, device: torch.device, metadata: float, model_s
 
 # %% ../nbs/11_engine.ipynb #0a030d85
 @patch
-def run_decode_steps(self: ModelRunner, plan: StepPlan, timings: dict | None = None) -> torch.Tensor:  # [k, L]
-    "Greedy tokens of the plan's `num_steps` decode steps, each fed the argmax of the one before; no host sync between."
+# [k, L]
+def run_decode_steps(self: ModelRunner, plan: StepPlan, timings: dict | None = None) -> torch.Tensor:
+    """Greedy tokens of the plan's `num_steps` decode steps, each fed the argmax of the one before;
+    no host sync between."""
     B, k, dev = plan.num_tokens, plan.num_steps, self.cache.device
     out = torch.empty(k, B, dtype=torch.long, device=dev)
     t0 = time.perf_counter()
@@ -161,7 +179,8 @@ def run_decode_steps(self: ModelRunner, plan: StepPlan, timings: dict | None = N
 
 # %% ../nbs/11_engine.ipynb #61f963ee
 class Sampler:
-    "Next tokens for the rows of a step: greedy rows together, sampled rows each with its request's generator."
+    """Next tokens for the rows of a step:
+    greedy rows together, sampled rows each with its request's generator."""
 
     def __init__(self):
         self.generators: dict = {}  # request id -> torch.Generator, while the request runs
@@ -177,7 +196,9 @@ class Sampler:
                 g.manual_seed(p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,))))
                 self.generators[seq.request_id] = g
             top_p = p.top_p if p.top_p < 1 else None
-            out[i] = int(sample(logits[i:i + 1], p.temperature, p.top_k, top_p, self.generators[seq.request_id])[0])
+            out[i] = int(
+                sample(logits[i : i + 1], p.temperature, p.top_k, top_p, self.generators[seq.request_id])[0]
+            )
         return out
 
     def release(self, request_id) -> None:
@@ -187,9 +208,11 @@ class Sampler:
 # %% ../nbs/11_engine.ipynb #546bb8b5
 GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
+
 @dataclass
 class DecodeGraph:
     "A captured decode step and its static inputs and output."
+
     graph: torch.cuda.CUDAGraph
     tokens: torch.Tensor  # [B] int64
     seq_ids: torch.Tensor  # [B] int64
@@ -197,8 +220,10 @@ class DecodeGraph:
     logits: torch.Tensor  # [B, vocab]
     step: Any = None  # the PagedStep the graph reads (slots, padded metadata): held so its memory stays ours
 
+
 def graph_buckets(batch: int, context: int) -> tuple[int, int]:
-    "The captured batch size and context bucket a decode step of `batch` sequences and longest `context` runs in."
+    """The captured batch size and context bucket a decode step of `batch` sequences and longest `context`
+    runs in."""
     b = next(g for g in GRAPH_BATCHES if g >= batch)
     return b, max(256, 1 << max(0, context - 1).bit_length())
 
@@ -207,6 +232,7 @@ def graph_buckets(batch: int, context: int) -> tuple[int, int]:
 def capture(self: ModelRunner, batch: int, context: int) -> DecodeGraph:
     "Capture one decode step of `batch` rows and context bucket `context` into a CUDA graph."
     from paged_flex.backends import select_backend
+
     c, dev = self.cache, self.cache.device
     backend = select_backend(c, decode=True, requested=self.backend, cuda_graph=True)
     if self.scratch_page is None:  # one page on a row the scheduler never uses: where padding rows go
@@ -215,7 +241,10 @@ def capture(self: ModelRunner, batch: int, context: int) -> DecodeGraph:
         c.page_logical[self.scratch_page] = 0
     longs = lambda fill: torch.full((batch,), fill, dtype=torch.long, device=dev)
     tokens, ids, pos, slots = longs(0), longs(self.scratch_row), longs(0), longs(0)
-    q_seq, q_pos = torch.zeros(batch, dtype=torch.int32, device=dev), torch.zeros(batch, dtype=torch.int32, device=dev)
+    q_seq, q_pos = (
+        torch.zeros(batch, dtype=torch.int32, device=dev),
+        torch.zeros(batch, dtype=torch.int32, device=dev),
+    )
     step = PagedStep(c, ids, pos, slots, StepMetadata(q_seq, q_pos, batch, True, None, context), backend)
 
     def forward():
@@ -237,9 +266,11 @@ def capture(self: ModelRunner, batch: int, context: int) -> DecodeGraph:
         logits = forward()
     return DecodeGraph(g, tokens, ids, pos, logits, step)
 
+
 @patch
 def graph(self: ModelRunner, batch: int, context: int) -> DecodeGraph | None:
-    "The graph of a decode step of `batch` rows and longest `context`, captured on first use; None if capture fails."
+    """The graph of a decode step of `batch` rows and longest `context`, captured on first use;
+    None if capture fails."""
     key = graph_buckets(batch, context)
     if key not in self.graphs:
         try:
@@ -250,9 +281,11 @@ def graph(self: ModelRunner, batch: int, context: int) -> DecodeGraph | None:
             return None
     return self.graphs[key]
 
+
 @patch
 def load_graph(self: ModelRunner, g: DecodeGraph, plan: StepPlan) -> None:
-    "Copy the plan's tokens, rows and positions into the graph's static inputs; padding rows on the scratch page."
+    """Copy the plan's tokens, rows and positions into the graph's static inputs;
+    padding rows on the scratch page."""
     B = plan.num_tokens
     self.cache.block_tables.flush()  # the graph reads the tables without asking
     g.tokens[:B].copy_(plan.token_ids, non_blocking=True)
@@ -261,6 +294,7 @@ def load_graph(self: ModelRunner, g: DecodeGraph, plan: StepPlan) -> None:
     g.seq_ids[B:] = self.scratch_row
     g.positions[B:] = 0
     g.tokens[B:] = 0
+
 
 @patch
 def run_graph(self: ModelRunner, plan: StepPlan, timings: dict | None = None) -> torch.Tensor:
@@ -273,44 +307,61 @@ def run_graph(self: ModelRunner, plan: StepPlan, timings: dict | None = None) ->
     t1 = time.perf_counter()
     g.graph.replay()
     _record(timings, self.cache.device, metadata=t1 - t0, model_since=t1)
-    return g.logits[:plan.num_tokens]
+    return g.logits[: plan.num_tokens]
 
 # %% ../nbs/11_engine.ipynb #2ccba7c7
 DEFAULT_PAGE_SIZE = 16  # decode speed flat over pages of 16-128 (notebook 07), and waste lowest at 16
+
 
 def kv_bytes_per_page(model, page_size: int, dtype: torch.dtype) -> int:
     "Bytes of K and V, all layers, in one page."
     layers, kv_heads, head_dim = model_kv_shape(model)
     return 2 * layers * page_size * kv_heads * head_dim * torch.empty(0, dtype=dtype).element_size()
 
+
 @dataclass
 class EngineStats:
     "Counters of an engine since it was made (or since `reset_stats`); times in seconds."
+
     steps: int = 0  # model steps (a multi-step plan counts each of its steps)
     plans: int = 0  # host round trips
     peak_pages: int = 0  # pages held by requests, at most
     peak_running: int = 0  # requests running at once, at most
     preemptions: int = 0
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
-    timings: dict = field(default_factory=lambda: dict.fromkeys(("schedule", "metadata", "model", "sample", "update"),
-                                                               0.0))
+    timings: dict = field(
+        default_factory=lambda: dict.fromkeys(("schedule", "metadata", "model", "sample", "update"), 0.0)
+    )
 
 # %% ../nbs/11_engine.ipynb #dbe3ffbb
 class LLMEngine:
     "vLLM's `LLMEngine` over the paged cache: one scheduler, runner, sampler and cache for the engine's life."
 
-    def __init__(self, model_path=None, page_size: int | None = None, kv_cache_memory: int | None = None,
-                 max_num_seqs: int | None = None, device=None, dtype: torch.dtype | None = None,
-                 max_num_batched_tokens: int | None = None, enable_prefix_caching: bool = True,
-                 max_seq_len: int | None = None, backend: str = "auto", cuda_graphs: bool = True,
-                 num_scheduler_steps: int = 16, fused_kernels: bool = True):
+    def __init__(
+        self,
+        model_path=None,
+        page_size: int | None = None,
+        kv_cache_memory: int | None = None,
+        max_num_seqs: int | None = None,
+        device=None,
+        dtype: torch.dtype | None = None,
+        max_num_batched_tokens: int | None = None,
+        enable_prefix_caching: bool = True,
+        max_seq_len: int | None = None,
+        backend: str = "auto",
+        cuda_graphs: bool = True,
+        num_scheduler_steps: int = 16,
+        fused_kernels: bool = True,
+    ):
         if model_path is None:
             from paged_flex.assets import smollm2_folder
+
             model_path = smollm2_folder()
         self.device = torch.device(device) if device is not None else default_device()
         self.model, self.tokenizer = load_llama(model_path, self.device, dtype)
         if fused_kernels and self.device.type == "cuda":
             from paged_flex.fused import fuse_llama  # Triton kernels: only where a GPU runs them
+
             fuse_llama(self.model)
         self.num_scheduler_steps = check_positive_int("num_scheduler_steps", num_scheduler_steps)
         self.dtype = next(self.model.parameters()).dtype
@@ -320,22 +371,30 @@ class LLMEngine:
             kv_cache_memory = self._default_kv_memory()
         num_pages = int(kv_cache_memory // per_page)
         if num_pages < 1:
-            raise ValueError(f"kv_cache_memory={kv_cache_memory} bytes is less than one page ({per_page} bytes)")
+            raise ValueError(
+                f"kv_cache_memory={kv_cache_memory} bytes is less than one page ({per_page} bytes)"
+            )
         max_num_seqs = max_num_seqs or (256 if self.device.type == "cuda" else 32)
         max_seq_len = max_seq_len or self.model.config.max_expected_seq_len
-        self.cache = paged_cache_for(self.model, num_pages, self.page_size, max_seqs=max_num_seqs + 1,
-                                     max_seq_len=max_seq_len)
+        self.cache = paged_cache_for(
+            self.model, num_pages, self.page_size, max_seqs=max_num_seqs + 1, max_seq_len=max_seq_len
+        )
         self.scheduler_config = SchedulerConfig(
-            max_num_seqs=max_num_seqs, max_num_batched_tokens=max(max_num_batched_tokens or 4096, max_num_seqs),
-            enable_prefix_caching=enable_prefix_caching, page_size=self.page_size)
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max(max_num_batched_tokens or 4096, max_num_seqs),
+            enable_prefix_caching=enable_prefix_caching,
+            page_size=self.page_size,
+        )
         self.scheduler = Scheduler(self.cache, self.scheduler_config)
         self.runner = ModelRunner(self.model, self.cache, backend, cuda_graphs)
         self.sampler = Sampler()
         self.eos_id = getattr(self.tokenizer, "eos_token_id", None)
         self.vocab_size = self.model.config.src_vocab_size
         self.stats = EngineStats()
-        self._requests: dict[Any, _Request] = {}  # request id -> its state, until its finished output is returned
-        self._finished: list[Any] = []  # ids that ended outside a step (errors at add, aborts): reported next step
+        # request id -> its state, until its finished output is returned
+        self._requests: dict[Any, _Request] = {}
+        # ids that ended outside a step (errors at add, aborts): reported next step
+        self._finished: list[Any] = []
 
     def _default_kv_memory(self) -> int:
         "KV budget: 80% of free GPU memory after the weights; on the CPU, 1 GiB."
@@ -345,13 +404,18 @@ class LLMEngine:
         return 2**30
 
     def __repr__(self):
-        return (f"LLMEngine(device={self.device}, dtype={self.dtype}, pages={self.cache.num_pages}x{self.page_size}, "
-                f"max_num_seqs={self.scheduler_config.max_num_seqs}, "
-                f"kv={self.cache.stats().bytes_total / 2**30:.2f} GiB)")
+        return (
+            f"LLMEngine(device={self.device}, dtype={self.dtype}, "
+            f"pages={self.cache.num_pages}x{self.page_size}, "
+            f"max_num_seqs={self.scheduler_config.max_num_seqs}, "
+            f"kv={self.cache.stats().bytes_total / 2**30:.2f} GiB)"
+        )
+
 
 @dataclass(eq=False)
 class _Request:
     "The engine's record of one request: its sequence, prompt text and detokenizer."
+
     seq: Sequence
     prompt: str | None
     detokenizer: IncrementalDetokenizer | None
@@ -368,14 +432,24 @@ def add_request(self: LLMEngine, request_id, prompt, sampling_params: SamplingPa
     text = prompt if isinstance(prompt, str) else None
     ids = encode_prompts([prompt], self.tokenizer)[0]
     if bad := [t for t in ids if not 0 <= t < self.vocab_size]:
-        raise ValueError(f"request {request_id!r}: token id {bad[0]} is outside the model's vocabulary "
-                         f"[0, {self.vocab_size})")
-    seq = Sequence(request_id, ids, max_tokens=sp.max_tokens, eos_id=self.eos_id, ignore_eos=sp.ignore_eos,
-                   stop_ids=frozenset(sp.stop_token_ids or ()), params=sp)
+        raise ValueError(
+            f"request {request_id!r}: token id {bad[0]} is "
+            f"outside the model's vocabulary [0, {self.vocab_size})"
+        )
+    seq = Sequence(
+        request_id,
+        ids,
+        max_tokens=sp.max_tokens,
+        eos_id=self.eos_id,
+        ignore_eos=sp.ignore_eos,
+        stop_ids=frozenset(sp.stop_token_ids or ()),
+        params=sp,
+    )
     detok = IncrementalDetokenizer(self.tokenizer, ids, sp.stop) if self.tokenizer is not None else None
     self._requests[request_id] = _Request(seq, text, detok)
     if self.scheduler.add(seq).is_finished:  # it can never fit: it ends now, with its error
         self._finished.append(request_id)
+
 
 @patch
 def abort_request(self: LLMEngine, request_id) -> None:
@@ -386,19 +460,23 @@ def abort_request(self: LLMEngine, request_id) -> None:
     self.scheduler.abort(req.seq)
     self._finished.append(request_id)
 
+
 @patch
 def has_unfinished_requests(self: LLMEngine) -> bool:
     "Requests waiting or running, or ended ones whose final output `step()` has not returned yet."
     return bool(self._requests)
 
+
 @patch
 def get_num_unfinished_requests(self: LLMEngine) -> int:
     return len(self._requests)
+
 
 @patch
 def reset_prefix_cache(self: LLMEngine) -> int:
     "Forget every cached prompt prefix (vLLM's name); returns the number of cached pages freed."
     return self.scheduler.reset_prefix_cache()
+
 
 @patch
 def reset_stats(self: LLMEngine) -> EngineStats:
@@ -409,7 +487,8 @@ def reset_stats(self: LLMEngine) -> EngineStats:
 # %% ../nbs/11_engine.ipynb #8b0bf1eb
 @patch
 def step(self: LLMEngine) -> list[RequestOutput]:
-    "One plan: the scheduler picks, the runner runs, the scheduler takes the tokens back. Outputs of requests it moved."
+    """One plan: the scheduler picks, the runner runs, the scheduler takes the tokens back.
+    Outputs of requests it moved."""
     done, self._finished = self._finished, []
     if not self.scheduler.has_unfinished():
         return [self._output(rid) for rid in done]
@@ -427,7 +506,8 @@ def step(self: LLMEngine) -> list[RequestOutput]:
             logits = self.runner.run(plan, st.timings)
             t2 = time.perf_counter()
             tokens = self.sampler.sample(plan, logits)
-    except Exception as e:  # the plan's requests fail with the error, their pages come back; the caller sees it
+    # the plan's requests fail with the error, their pages come back; the caller sees it
+    except Exception as e:
         failed = self.scheduler.fail(plan, f"{type(e).__name__}: {e}")
         self._finished = done + [s.request_id for s in failed]
         raise
@@ -440,8 +520,11 @@ def step(self: LLMEngine) -> list[RequestOutput]:
     st.plans += 1
     st.preemptions += len(plan.preempted)
     st.cached_tokens = self.scheduler.num_cached_tokens
-    moved = dict.fromkeys(done + [it.seq.request_id for it in plan.items if it.needs_logits or it.seq.is_finished])
+    moved = dict.fromkeys(
+        done + [it.seq.request_id for it in plan.items if it.needs_logits or it.seq.is_finished]
+    )
     return [self._output(rid) for rid in moved if rid in self._requests]
+
 
 @patch
 def _schedule(self: LLMEngine) -> StepPlan:
@@ -453,11 +536,13 @@ def _schedule(self: LLMEngine) -> StepPlan:
             return plan
     return self.scheduler.schedule()
 
+
 @patch
 def _on_token(self: LLMEngine, seq: Sequence) -> str | None:
     "Detokenize a request's new token; 'stop' when it completes one of its stop strings."
     detok = self._requests[seq.request_id].detokenizer
     return detok.add(seq.token_ids[-1]) if detok is not None else None
+
 
 @patch
 def _output(self: LLMEngine, request_id) -> RequestOutput:
@@ -469,11 +554,14 @@ def _output(self: LLMEngine, request_id) -> RequestOutput:
         self.sampler.release(request_id)
     text = req.detokenizer.text if req.detokenizer is not None else ""
     out = CompletionOutput(0, text, seq.generated, seq.finish_reason)
-    return RequestOutput(request_id, req.prompt, seq.prompt, [out], seq.is_finished, seq.num_cached_tokens, seq.error)
+    return RequestOutput(
+        request_id, req.prompt, seq.prompt, [out], seq.is_finished, seq.num_cached_tokens, seq.error
+    )
 
 # %% ../nbs/11_engine.ipynb #95483aa5
 class LLM:
-    "An LLM served over a global paged KV cache with continuous batching: a thread-safe client of its `LLMEngine`."
+    """An LLM served over a global paged KV cache with continuous batching:
+    a thread-safe client of its `LLMEngine`."""
 
     @delegates(LLMEngine.__init__)
     def __init__(self, model_path=None, **kwargs):
@@ -525,12 +613,14 @@ def _submit(self: LLM, prompts, sampling_params) -> list[str]:
             raise
     return ids
 
+
 @patch
 def _drop(self: LLM, ids) -> None:
     "Abort the requests of `ids` still running and forget their outputs (the lock is held)."
     for rid in ids:
         self.llm_engine.abort_request(rid)
         self._latest.pop(rid, None)
+
 
 @patch
 def _advance(self: LLM, ids) -> bool:
@@ -545,9 +635,14 @@ def _advance(self: LLM, ids) -> bool:
 
 # %% ../nbs/11_engine.ipynb #11d56d64
 @patch
-def generate(self: LLM, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None,
-             use_tqdm: bool = True) -> list[RequestOutput]:
-    "Generate for each prompt (text or token-id lists); outputs in prompt order. Safe to call from several threads."
+def generate(
+    self: LLM,
+    prompts,
+    sampling_params: SamplingParams | list[SamplingParams] | None = None,
+    use_tqdm: bool = True,
+) -> list[RequestOutput]:
+    """Generate for each prompt (text or token-id lists); outputs in prompt order.
+    Safe to call from several threads."""
     ids = self._submit(prompts, sampling_params)
     try:
         with tqdm(total=len(ids), desc="requests", disable=not use_tqdm or len(ids) < 2) as bar:
@@ -559,9 +654,11 @@ def generate(self: LLM, prompts, sampling_params: SamplingParams | list[Sampling
         with self._lock:
             self._drop([r for r in ids if r in self._latest])
 
+
 @patch
-def stream(self: LLM, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None
-           ) -> Iterator[tuple[int, int]]:
+def stream(
+    self: LLM, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None
+) -> Iterator[tuple[int, int]]:
     "Yield `(prompt index, token id)` as tokens are generated; closing the stream aborts its requests."
     ids = self._submit(prompts, sampling_params)
     sent = [0] * len(ids)
@@ -571,7 +668,7 @@ def stream(self: LLM, prompts, sampling_params: SamplingParams | list[SamplingPa
             running = self._advance(ids)
             for i, rid in enumerate(ids):
                 out = self._latest[rid]
-                new = out.outputs[0].token_ids[sent[i]:] if out is not None else []
+                new = out.outputs[0].token_ids[sent[i] :] if out is not None else []
                 sent[i] += len(new)
                 for t in new:
                     yield i, t
