@@ -4,6 +4,7 @@ Every page must show its title and the sidebar, every internal link must reach a
 anchor), nothing may load from the network, and no Quarto syntax may leak. The home page is
 screenshotted to _site/screenshot.png (committed as docs/screenshot.png by `make docs-screenshot`).
 """
+
 import re, shutil, struct, subprocess, sys, tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,27 +17,49 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import build_docs  # noqa: E402
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-extensions", "--hide-scrollbars", "--mute-audio"]
-QUARTO_LEAKS = [r"^\s*:::", r"\{[.#][A-Za-z]", r"\{\{<", r"^output-file:", r"^---\s*\n\s*(title|description):"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--hide-scrollbars",
+    "--mute-audio",
+]
+QUARTO_LEAKS = [
+    r"^\s*:::",
+    r"\{[.#][A-Za-z]",
+    r"\{\{<",
+    r"^output-file:",
+    r"^---\s*\n\s*(title|description):",
+]
 
 
 def chromium():
     exe = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-    if exe is None: pytest.skip("chromium not found: `apt-get install chromium` (Debian) to run the browser tests")
+    if exe is None:
+        pytest.skip("chromium not found: `apt-get install chromium` (Debian) to run the browser tests")
     return exe
 
 
 def run_chromium(exe, args, timeout=60):
     with tempfile.TemporaryDirectory(prefix="pf_chromium_") as profile:
-        r = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                           capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     assert r.returncode == 0, f"chromium {args} failed ({r.returncode}):\n{r.stderr[-2000:]}"
     return r.stdout
 
 
 # ---------------------------------------------------------------- pure helpers, no browser
+
 
 def test_pandoc_ids():
     assert build_docs.pandoc_id("BlockTables.extend") == "blocktables.extend"
@@ -46,8 +69,11 @@ def test_pandoc_ids():
 
 
 def test_clean_quarto():
-    md = ('::: {.callout-note}\nA **note**.\n:::\n\n## Head {#my-id .unnumbered}\n\n'
-          '[small]{.smallcaps} ![x](a.png){width=50%} {{< include x.md >}}\n\n```python\nd = {.5: 1}{.keep}\n```')
+    md = (
+        "::: {.callout-note}\nA **note**.\n:::\n\n## Head {#my-id .unnumbered}\n\n"
+        "[small]{.smallcaps} ![x](a.png){width=50%} {{< "
+        "include x.md >}}\n\n```python\nd = {.5: 1}{.keep}\n```"
+    )
     out = build_docs.clean_quarto(md)
     assert '<div class="callout callout-note">' in out and '<div class="callout-title">Note</div>' in out
     assert "</div>" in out and ":::" not in out
@@ -58,10 +84,13 @@ def test_clean_quarto():
 
 # ---------------------------------------------------------------- the built site in a browser
 
+
 @pytest.fixture(scope="module")
 def site():
-    try: return build_docs.build(ROOT)
-    except SystemExit as e: pytest.fail(f"tools/build_docs.py failed: {e}")
+    try:
+        return build_docs.build(ROOT)
+    except SystemExit as e:
+        pytest.fail(f"tools/build_docs.py failed: {e}")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +107,8 @@ def test_every_notebook_has_a_page(site):
     nbs = build_docs.notebooks(site.nbs)
     assert [p["rel"] for p in site.pages if p["rel"] is not None] == nbs
     assert site.pages[0]["out"] == "index.html"
-    for p in site.pages: assert (site.out / p["out"]).is_file(), p["out"]
+    for p in site.pages:
+        assert (site.out / p["out"]).is_file(), p["out"]
 
 
 def test_pages_show_title_and_nav(site, doms):
@@ -104,7 +134,8 @@ def test_api_reference_in_nav(site, doms):
     assert len(ref.select("li a")) == len(api_links)
 
 
-def _ids(dom): return {t["id"] for t in dom.find_all(id=True)}
+def _ids(dom):
+    return {t["id"] for t in dom.find_all(id=True)}
 
 
 def test_internal_links_resolve(site, doms):
@@ -114,13 +145,16 @@ def test_internal_links_resolve(site, doms):
         refs = [("a", a["href"]) for a in dom.find_all("a", href=True)]
         refs += [("img", i["src"]) for i in dom.find_all("img", src=True)]
         for tag, url in refs:
-            if re.match(r"^([a-z][a-z0-9+.-]*:|//)", url, re.I): continue  # external or data: URL
+            if re.match(r"^([a-z][a-z0-9+.-]*:|//)", url, re.I):
+                continue  # external or data: URL
             path, _, frag = url.partition("#")
             target = (here / unquote(path)).resolve() if path else (site.out / page).resolve()
-            if not target.is_file(): broken.append(f"{page}: {tag} {url} -> missing {target}")
+            if not target.is_file():
+                broken.append(f"{page}: {tag} {url} -> missing {target}")
             elif frag and target.suffix == ".html":
                 tdom = doms.get(target.relative_to(site.out.resolve()).as_posix())
-                if tdom is None or unquote(frag) not in _ids(tdom): broken.append(f"{page}: {url} -> no #{frag}")
+                if tdom is None or unquote(frag) not in _ids(tdom):
+                    broken.append(f"{page}: {url} -> no #{frag}")
     assert not broken, "broken internal links:\n" + "\n".join(broken)
 
 
@@ -130,26 +164,32 @@ def test_no_network_and_no_quarto_leftovers(doms):
             url = tag.get("src") or tag.get("href") or ""
             assert not re.match(r"^(https?:)?//", url), f"{page} loads {url} from the network"
         for pre in dom.select(".input_area pre"):
-            assert not re.search(r"^\s*#\|", pre.get_text(), re.M), f"{page} shows a #| directive:\n{pre.get_text()}"
+            assert not re.search(r"^\s*#\|", pre.get_text(), re.M), (
+                f"{page} shows a #| directive:\n{pre.get_text()}"
+            )
         main = BeautifulSoup(str(dom.find("main")), "html.parser")
-        for code in main.find_all(["pre", "code"]): code.decompose()
+        for code in main.find_all(["pre", "code"]):
+            code.decompose()
         prose = main.get_text("\n")
         for leak in QUARTO_LEAKS:
             m = re.search(leak, prose, re.M)
-            assert not m, f"{page} shows Quarto syntax: {prose[max(0, m.start() - 60):m.end() + 60]!r}"
+            assert not m, f"{page} shows Quarto syntax: {prose[max(0, m.start() - 60) : m.end() + 60]!r}"
 
 
 def test_home_screenshot(site, doms):
-    shot = site.out / "screenshot.png"   # docs/screenshot.png is a committed copy (make docs-screenshot)
+    shot = site.out / "screenshot.png"  # docs/screenshot.png is a committed copy (make docs-screenshot)
     shot.parent.mkdir(exist_ok=True)
     shot.unlink(missing_ok=True)
-    run_chromium(chromium(), [f"--screenshot={shot}", "--window-size=1280,900", (site.out / "index.html").as_uri()])
+    run_chromium(
+        chromium(), [f"--screenshot={shot}", "--window-size=1280,900", (site.out / "index.html").as_uri()]
+    )
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     w, h = struct.unpack(">II", data[16:24])
     assert (w, h) == (1280, 900), (w, h)
     assert len(data) > 10_000, f"screenshot is only {len(data)} bytes"
     from PIL import Image
+
     with Image.open(shot) as im:
         colors = im.convert("RGB").getcolors(maxcolors=1 << 16)
     assert colors is None or len(colors) > 50, "screenshot looks blank"

@@ -7,6 +7,7 @@
 
     python tools/check_sync.py [--root REPO]
 """
+
 import argparse, configparser, difflib, json, os, re, shutil, subprocess, sys, tempfile
 from pathlib import Path
 
@@ -26,15 +27,20 @@ def _settings(root):
 
 def _py_files(lib):
     skip = ("__pycache__", ".ipynb_checkpoints")
-    return {p.relative_to(lib).as_posix(): p for p in sorted(lib.rglob("*.py"))
-            if not any(part in skip for part in p.relative_to(lib).parts)}
+    return {
+        p.relative_to(lib).as_posix(): p
+        for p in sorted(lib.rglob("*.py"))
+        if not any(part in skip for part in p.relative_to(lib).parts)
+    }
 
 
 def _nbs_without_ids(nbs_dir):
-    "Notebooks (as `nbs/...` paths) with code cells lacking an `id`: nbdev_export invents random ids for them."
+    """Notebooks (as `nbs/...` paths) with code cells lacking an `id`:
+    nbdev_export invents random ids for them."""
     res = []
     for nb in sorted(nbs_dir.rglob("*.ipynb")):
-        if any(p.startswith((".", "_")) for p in nb.relative_to(nbs_dir).parts): continue
+        if any(p.startswith((".", "_")) for p in nb.relative_to(nbs_dir).parts):
+            continue
         cells = json.loads(nb.read_text(encoding="utf-8")).get("cells", [])
         if any(c.get("cell_type") == "code" and "id" not in c for c in cells):
             res.append(nb.relative_to(nbs_dir.parent).as_posix())
@@ -49,8 +55,11 @@ def _mask_ids(text, nb_paths):
 
 
 def _diff(want, got, name, n=6):
-    lines = list(difflib.unified_diff(want.splitlines(), got.splitlines(), f"expected/{name}", f"current/{name}",
-                                      lineterm="", n=1))
+    lines = list(
+        difflib.unified_diff(
+            want.splitlines(), got.splitlines(), f"expected/{name}", f"current/{name}", lineterm="", n=1
+        )
+    )
     more = f"\n      ... ({len(lines) - n} more diff lines)" if len(lines) > n else ""
     return "\n".join("      " + l for l in lines[:n]) + more
 
@@ -61,34 +70,49 @@ def export_problems(root):
     with tempfile.TemporaryDirectory(prefix="pf_sync_") as tmp:
         tmp = Path(tmp)
         shutil.copy2(root / "settings.ini", tmp / "settings.ini")
-        shutil.copytree(root / nbs, tmp / nbs, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+        shutil.copytree(
+            root / nbs, tmp / nbs, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__")
+        )
         (tmp / lib).mkdir(parents=True)
         env = {k: v for k, v in os.environ.items() if k != "IN_TEST"}  # IN_TEST makes nbdev_export a no-op
         r = subprocess.run([sys.executable, "-c", _EXPORT], cwd=tmp, env=env, capture_output=True, text=True)
         if r.returncode != 0:
-            return [f"nbdev_export failed in a temporary copy (exit {r.returncode}):\n{r.stderr.strip()[-3000:]}"]
+            return [
+                f"nbdev_export failed in a temporary copy (exit {r.returncode}):\n{r.stderr.strip()[-3000:]}"
+            ]
         want, have = _py_files(tmp / lib), _py_files(root / lib)
         no_ids = _nbs_without_ids(root / nbs)
-        problems = [f"  {nb}: code cells without ids, so every nbdev_export writes new random ids into the "
-                    f"`# %%` headers (fix: `nbdev_clean` adds ids, then `nbdev_export`)" for nb in no_ids]
+        problems = [
+            f"  {nb}: code cells without ids, so every nbdev_export writes new random ids into the "
+            f"`# %%` headers (fix: `nbdev_clean` adds ids, then `nbdev_export`)"
+            for nb in no_ids
+        ]
         for name in sorted(set(want) | set(have)):
-            if name not in have: problems.append(f"  {lib}/{name}: missing (nbdev_export would write it)")
-            elif name not in want: problems.append(f"  {lib}/{name}: not written by nbdev_export from {nbs}/ "
-                                                   "(stale module of a renamed/removed notebook, or hand-written)")
+            if name not in have:
+                problems.append(f"  {lib}/{name}: missing (nbdev_export would write it)")
+            elif name not in want:
+                problems.append(
+                    f"  {lib}/{name}: not written by nbdev_export from {nbs}/ "
+                    "(stale module of a renamed/removed notebook, or hand-written)"
+                )
             else:
                 w, h = (_mask_ids(f.read_text(encoding="utf-8"), no_ids) for f in (want[name], have[name]))
-                if w != h: problems.append(f"  {lib}/{name}: differs from nbdev_export output\n{_diff(w, h, name)}")
+                if w != h:
+                    problems.append(f"  {lib}/{name}: differs from nbdev_export output\n{_diff(w, h, name)}")
         return problems
 
 
 def readme_problems(root):
     nb = readme_nb_path(root)
     readme = root / "README.md"
-    if not nb.exists(): return [f"  {nb.relative_to(root)}: readme notebook missing"]
+    if not nb.exists():
+        return [f"  {nb.relative_to(root)}: readme notebook missing"]
     want = readme_text(nb, root=root)
-    if not readme.exists(): return ["  README.md: missing"]
+    if not readme.exists():
+        return ["  README.md: missing"]
     have = readme.read_text(encoding="utf-8")
-    if want == have: return []
+    if want == have:
+        return []
     return [f"  README.md: differs from {nb.relative_to(root)}\n{_diff(want, have, 'README.md')}"]
 
 
@@ -101,13 +125,17 @@ def main(argv=None):
     if exp:
         ok = False
         print("Library out of sync with the notebooks:\n" + "\n".join(exp))
-        print("  fix: run `nbdev_export` (edit nbs/*.ipynb, never the .py files; delete stale modules by hand)\n")
+        print(
+            "  fix: run `nbdev_export` (edit nbs/*.ipynb, never "
+            "the .py files; delete stale modules by hand)\n"
+        )
     rd = readme_problems(root)
     if rd:
         ok = False
         print("README out of sync:\n" + "\n".join(rd))
         print("  fix: run `python tools/make_readme.py` (edit nbs/index.ipynb, never README.md)\n")
-    if ok: print("in sync: library modules match nbdev_export, README.md matches the readme notebook")
+    if ok:
+        print("in sync: library modules match nbdev_export, README.md matches the readme notebook")
     return 0 if ok else 1
 
 
