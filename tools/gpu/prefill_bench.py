@@ -12,7 +12,8 @@ from paged_flex.cache import PagedKVCache, reference_attention
 from paged_flex.testing import random_case, poison
 from paged_flex.attention import paged_attention
 from paged_flex.triton_prefill import paged_prefill, prefill_tiles, queries_per_tile, PREFILL_CONFIG, prefill_config, tma_prefill_ok, heads_per_program
-from paged_flex.hopper_prefill import hopper_prefill, hopper_prefill_ok, HOPPER_CONFIG
+from paged_flex.hopper_prefill import hopper_prefill, hopper_prefill_ok, hopper_launch, HOPPER_CONFIG
+from paged_flex.backends import select_backend
 warnings.filterwarnings("ignore")
 dev, dt, HQ, HKV, D = "cuda", torch.bfloat16, 32, 8, 128
 res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -29,7 +30,7 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float16
                                                         device=dev, max_len=700, seed=seed, num_seqs=6)
                 ref = reference_attention(q, cache, 0, ids, pos)
                 poison(cache, batch, float("nan"))
-                kern = prefill_config(P, dev, dtype, head_dim)["kernel"]
+                kern = "hopper" if select_backend(cache, decode=False, requested="triton") == "hopper_prefill" else "triton"
                 outs = {kern: paged_attention(q, cache, 0, ids, pos, backend="triton")}
                 if kern == "hopper":                             # 06b's kernel on the same case, asked for explicitly
                     t = prefill_tiles(ids.cpu(), pos.cpu(), queries_per_tile(H, KV, page_size=P, device=dev)).to(dev)
@@ -90,9 +91,14 @@ for P in (16, 64):                                       # small sweeps of both 
     rows += [run_hopper(caches[P], P, *c) for c in HOPPER_SWEEP]
 pre["hopper"] = {}
 for P in (16, 32, 64, 128):                              # the default path: paged_prefill with no options (06c's kernel here)
-    c = prefill_config(P, dev, dt, D)
-    r = measure({"page": P, "kernel": c["kernel"], "config": c},
-                queries_per_tile(HQ, HKV, page_size=P, device=dev, dtype=dt, head_dim=D), lambda t: paged_prefill(q, caches[P], 0, t))
+    if select_backend(caches[P], decode=False, requested="triton") == "hopper_prefill":   # the registry's choice
+        c = dict(HOPPER_CONFIG, kernel="hopper")
+        qpt = c["block_m"] // heads_per_program(HQ, HKV, c["block_m"], c["pack_heads"])
+        fn = lambda t, P=P: hopper_launch(q, caches[P], 0, t, None, HOPPER_CONFIG)
+    else:
+        c = dict(prefill_config(P, dev), kernel="triton")
+        qpt, fn = queries_per_tile(HQ, HKV, page_size=P, device=dev), lambda t, P=P: paged_prefill(q, caches[P], 0, t)
+    r = measure({"page": P, "kernel": c["kernel"], "config": c}, qpt, fn)
     r.update(ratio_vs_sdpa_per_seq=r["us"] / pre["sdpa_per_seq_us"], ratio_vs_sdpa_flash=r["us"] / pre["sdpa_per_seq_flash_attention_us"],
              ratio_vs_sdpa_cudnn=r["us"] / pre["sdpa_per_seq_cudnn_attention_us"], tflops=flops / r["us"] / 1e6)
     pre["hopper"][P] = r
