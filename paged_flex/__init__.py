@@ -12,9 +12,11 @@ from .block_tables import BlockTables
 from .cache import PagedKVCache, CacheStats, reference_attention
 from .attention import paged_attention
 
+
 def __getattr__(name):
     "`LLM`, `SamplingParams` and `RequestOutput` load the engine (and FMS, transformers) on first use."
     if name in ("LLM", "SamplingParams", "RequestOutput"):
         from paged_flex import engine
+
         return getattr(engine, name)
     raise AttributeError(f"module 'paged_flex' has no attribute {name!r}")
