@@ -5,6 +5,7 @@
 # %% ../nbs/10_scheduler.ipynb #bcb6a91d
 from __future__ import annotations
 import operator
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
@@ -224,7 +225,8 @@ class Scheduler:
         self._pending: StepPlan | None = None
         self.num_steps = self.num_preemptions = self.num_cached_tokens = 0
         cache.allocator.reset_cached()  # a new index: pages kept for an older one are plain free pages
-        cache.allocator.on_evict = self._forget_page
+        ref = weakref.ref(self)  # the cache must not keep its scheduler (and itself) alive through a cycle
+        cache.allocator.on_evict = lambda page: ref()._forget_page(page)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
