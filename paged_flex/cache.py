@@ -18,63 +18,102 @@ def default_device() -> torch.device:
     "The GPU if there is one, else the CPU."
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+
 @dataclass(frozen=True)
 class CacheStats:
     "A snapshot of how a `PagedKVCache` uses its memory."
-    num_seqs: int        # live sequences
-    pages_used: int      # distinct pages owned by at least one sequence
+
+    num_seqs: int  # live sequences
+    pages_used: int  # distinct pages owned by at least one sequence
     pages_free: int
-    tokens: int          # token slots reserved by live sequences (a shared page's slots counted once)
-    slots_used: int      # pages_used * page_size
-    waste: float         # 1 - tokens / slots_used: slots allocated but holding no token
+    tokens: int  # token slots reserved by live sequences (a shared page's slots counted once)
+    slots_used: int  # pages_used * page_size
+    waste: float  # 1 - tokens / slots_used: slots allocated but holding no token
     bytes_per_page: int  # K and V, all layers
     bytes_used: int
     bytes_total: int
-    def as_dict(self) -> dict: return asdict(self)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 # %% ../nbs/02_cache.ipynb #539b2b88
 class PagedKVCache:
     "A global paged KV cache: `num_pages` pages of `page_size` tokens, shared by all layers and sequences."
-    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, num_pages: int, page_size: int,
-                 dtype: torch.dtype | None = None, device=None, max_seqs: int = 256, max_seq_len: int | None = None):
-        for name, val in (("num_layers", num_layers), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
-                          ("num_pages", num_pages), ("max_seqs", max_seqs)):
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        num_pages: int,
+        page_size: int,
+        dtype: torch.dtype | None = None,
+        device=None,
+        max_seqs: int = 256,
+        max_seq_len: int | None = None,
+    ):
+        for name, val in (
+            ("num_layers", num_layers),
+            ("num_kv_heads", num_kv_heads),
+            ("head_dim", head_dim),
+            ("num_pages", num_pages),
+            ("max_seqs", max_seqs),
+        ):
             check_positive_int(name, val)
-        if max_seq_len is not None: check_positive_int("max_seq_len", max_seq_len)
+        if max_seq_len is not None:
+            check_positive_int("max_seq_len", max_seq_len)
         self.page_size = check_page_size(page_size)
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
         self.allocator = PageAllocator(num_pages)
         self.max_seq_len = max_seq_len or min(num_pages * page_size, 131072)
-        self.block_tables = BlockTables(max_seqs, pages_needed(self.max_seq_len, page_size), num_pages, self.device)
+        self.block_tables = BlockTables(
+            max_seqs, pages_needed(self.max_seq_len, page_size), num_pages, self.device
+        )
         shape = (num_layers, num_pages, page_size, num_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)  # [layers, pages, page_size, kv_heads, head_dim]
+        self.k = torch.zeros(
+            shape, dtype=self.dtype, device=self.device
+        )  # [layers, pages, page_size, kv_heads, head_dim]
         self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.kernel_state: dict = {}   # kernel name -> what it keeps per cache (e.g. TMA descriptors of the pools)
+        # kernel name -> what it keeps per cache (e.g. TMA descriptors of the pools)
+        self.kernel_state: dict = {}
 
     num_pages = property(lambda self: self.allocator.num_pages)
     num_free_pages = property(lambda self: self.allocator.num_free)
     max_seqs = property(lambda self: self.block_tables.max_seqs)
-    block_table = property(lambda self: self.block_tables.table)   # [max_seqs, max_pages_per_seq] int32
-    seq_lens = property(lambda self: self.block_tables.seq_lens)   # [max_seqs] int32
+    block_table = property(lambda self: self.block_tables.table)  # [max_seqs, max_pages_per_seq] int32
+    seq_lens = property(lambda self: self.block_tables.seq_lens)  # [max_seqs] int32
     page_logical = property(lambda self: self.block_tables.page_logical)  # [num_pages] int32
-    def __contains__(self, seq_id) -> bool: return seq_id in self.block_tables
-    def length(self, seq_id) -> int: return self.block_tables.length(seq_id)
-    def pages(self, seq_id) -> list[int]: return list(self.block_tables.pages(seq_id))
+
+    def __contains__(self, seq_id) -> bool:
+        return seq_id in self.block_tables
+
+    def length(self, seq_id) -> int:
+        return self.block_tables.length(seq_id)
+
+    def pages(self, seq_id) -> list[int]:
+        return list(self.block_tables.pages(seq_id))
 
     def reserve(self, seq_id: int, num_tokens: int) -> None:
         "Make room for `num_tokens` tokens in total for `seq_id`, allocating pages on demand."
         self.block_tables.check_id(seq_id)
         if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 0:
-            raise ValueError(f"num_tokens must be a non-negative int, got {num_tokens!r} for sequence {seq_id}")
+            raise ValueError(
+                f"num_tokens must be a non-negative int, got {num_tokens!r} for sequence {seq_id}"
+            )
         if num_tokens > self.max_seq_len:
-            raise ValueError(f"sequence {seq_id} asks for {num_tokens} tokens; this cache holds at most "
-                             f"max_seq_len={self.max_seq_len} per sequence")
+            raise ValueError(
+                f"sequence {seq_id} asks for {num_tokens} tokens; this cache holds at most "
+                f"max_seq_len={self.max_seq_len} per sequence"
+            )
         have = len(self.block_tables.pages(seq_id)) if seq_id in self.block_tables else 0
         current = self.block_tables.length(seq_id) if seq_id in self.block_tables else 0
-        if seq_id in self.block_tables and num_tokens <= current: return
-        new_pages = self.allocator.allocate(max(0, pages_needed(num_tokens, self.page_size) - have), seq_id=seq_id)
+        if seq_id in self.block_tables and num_tokens <= current:
+            return
+        new_pages = self.allocator.allocate(
+            max(0, pages_needed(num_tokens, self.page_size) - have), seq_id=seq_id
+        )
         self.block_tables.extend(seq_id, new_pages, num_tokens)
 
     def free(self, seq_id) -> None:
@@ -82,26 +121,36 @@ class PagedKVCache:
         self.allocator.free(self.block_tables.release(seq_id))
 
     def share(self, seq_id: int, pages: list[int], num_tokens: int) -> None:
-        "Start `seq_id` on existing full `pages` (a cached prefix of `num_tokens` tokens), sharing them by reference count."
+        """Start `seq_id` on existing full `pages` (a cached prefix of `num_tokens` tokens),
+        sharing them by reference count.
+        """
         self.block_tables.check_id(seq_id)
-        if seq_id in self.block_tables: raise ValueError(f"sequence {seq_id} already exists; share() starts a new one")
+        if seq_id in self.block_tables:
+            raise ValueError(f"sequence {seq_id} already exists; share() starts a new one")
         pages = list(pages)
         if num_tokens != len(pages) * self.page_size:
-            raise ValueError(f"a shared prefix must fill its pages: {len(pages)} page(s) hold {len(pages) * self.page_size} "
-                             f"tokens, got num_tokens={num_tokens}")
+            raise ValueError(
+                f"a shared prefix must fill its pages: {len(pages)} page(s) hold "
+                f"{len(pages) * self.page_size} "
+                f"tokens, got num_tokens={num_tokens}"
+            )
         self.allocator.share(pages)
         self.block_tables.extend(seq_id, pages, num_tokens)
 
     def fork(self, src: int, dst: int) -> None:
-        "Make `dst` a copy of `src`: full pages are shared, the last partial page is copied (copy on write, done now)."
+        """Make `dst` a copy of `src`: full pages are shared,
+        the last partial page is copied (copy on write, done now).
+        """
         n, pages = self.length(src), self.pages(src)
         self.block_tables.check_id(dst)
-        if dst in self.block_tables: raise ValueError(f"sequence {dst} already exists; fork() needs a new id")
+        if dst in self.block_tables:
+            raise ValueError(f"sequence {dst} already exists; fork() needs a new id")
         full = n // self.page_size
-        new = self.allocator.allocate(len(pages) - full, seq_id=dst)      # 0 or 1 page; raises before any change
+        new = self.allocator.allocate(len(pages) - full, seq_id=dst)  # 0 or 1 page; raises before any change
         self.allocator.share(pages[:full])
         if new:
-            self.k[:, new[0]] = self.k[:, pages[full]]; self.v[:, new[0]] = self.v[:, pages[full]]
+            self.k[:, new[0]] = self.k[:, pages[full]]
+            self.v[:, new[0]] = self.v[:, pages[full]]
         self.block_tables.extend(dst, pages[:full] + new, n)
 
     def slots(self, seq_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -114,21 +163,29 @@ class PagedKVCache:
         self.v[layer].view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, slots, v)
 
     def assign(self, layer: int, seq_ids, positions, k: torch.Tensor, v: torch.Tensor) -> None:
-        "Write `k`, `v` `[tokens, kv_heads, head_dim]` at (seq_ids[i], positions[i]); everything is checked first."
+        """Write `k`, `v` `[tokens, kv_heads, head_dim]` at (seq_ids[i], positions[i]);
+        everything is checked first.
+        """
         seq_ids, positions = self._check_tokens(seq_ids, positions)
         self._check_layer(layer)
         want = (len(seq_ids), self.num_kv_heads, self.head_dim)
         for name, t in (("k", k), ("v", v)):
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
-                raise ValueError(f"{name} must be a tensor of shape {list(want)} [tokens, kv_heads, head_dim], "
-                                 f"got {list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-            if t.dtype != self.dtype: raise ValueError(f"{name} has dtype {t.dtype}; this cache stores {self.dtype}")
+                raise ValueError(
+                    f"{name} must be a tensor of shape {list(want)} [tokens, kv_heads, head_dim], "
+                    f"got {list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}"
+                )
+            if t.dtype != self.dtype:
+                raise ValueError(f"{name} has dtype {t.dtype}; this cache stores {self.dtype}")
         self.write(layer, self.slots(seq_ids, positions), k.to(self.device), v.to(self.device))
 
     def gather(self, layer: int, seq_id) -> tuple[torch.Tensor, torch.Tensor]:
         "GATHER: `seq_id`'s keys and values as contiguous `[length, kv_heads, head_dim]` tensors."
         self._check_layer(layer)
-        n, pages = self.length(seq_id), torch.tensor(self.block_tables.pages(seq_id), dtype=torch.long, device=self.device)
+        n, pages = (
+            self.length(seq_id),
+            torch.tensor(self.block_tables.pages(seq_id), dtype=torch.long, device=self.device),
+        )
         k = self.k[layer, pages].reshape(-1, self.num_kv_heads, self.head_dim)[:n]
         v = self.v[layer, pages].reshape(-1, self.num_kv_heads, self.head_dim)[:n]
         return k, v
@@ -136,15 +193,27 @@ class PagedKVCache:
     def stats(self) -> CacheStats:
         "Pages used and free, tokens stored, and the fraction of allocated slots that hold no token."
         used, P = self.allocator.num_used, self.page_size
-        filled: dict[int, int] = {}                        # page -> slots holding a token (shared pages counted once)
+        filled: dict[int, int] = {}  # page -> slots holding a token (shared pages counted once)
         for s in self.block_tables.seq_ids:
             n = self.block_tables.length(s)
-            for j, p in enumerate(self.block_tables.pages(s)): filled[p] = max(filled.get(p, 0), min(P, n - j * P))
+            for j, p in enumerate(self.block_tables.pages(s)):
+                filled[p] = max(filled.get(p, 0), min(P, n - j * P))
         tokens = sum(filled.values())
-        per_page = 2 * self.num_layers * self.page_size * self.num_kv_heads * self.head_dim * self.k.element_size()
+        per_page = (
+            2 * self.num_layers * self.page_size * self.num_kv_heads * self.head_dim * self.k.element_size()
+        )
         slots = used * self.page_size
-        return CacheStats(len(self.block_tables), used, self.allocator.num_free, tokens, slots,
-                          1 - tokens / slots if slots else 0.0, per_page, used * per_page, self.num_pages * per_page)
+        return CacheStats(
+            len(self.block_tables),
+            used,
+            self.allocator.num_free,
+            tokens,
+            slots,
+            1 - tokens / slots if slots else 0.0,
+            per_page,
+            used * per_page,
+            self.num_pages * per_page,
+        )
 
     def _check_layer(self, layer):
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.num_layers:
@@ -152,38 +221,55 @@ class PagedKVCache:
 
     def _check_tokens(self, seq_ids, positions) -> tuple[torch.Tensor, torch.Tensor]:
         "Validate (seq_id, position) pairs on the host; return them as int64 tensors."
-        as_ids = lambda x: x if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.long if x == [] else None)
+        as_ids = lambda x: (
+            x if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.long if x == [] else None)
+        )
         seq_ids, positions = as_ids(seq_ids), as_ids(positions)
         if seq_ids.ndim != 1 or positions.shape != seq_ids.shape:
-            raise ValueError(f"seq_ids and positions must be 1-D and of one length, got shapes "
-                             f"{list(seq_ids.shape)} and {list(positions.shape)}")
+            raise ValueError(
+                f"seq_ids and positions must be 1-D and of one length, got shapes "
+                f"{list(seq_ids.shape)} and {list(positions.shape)}"
+            )
         for name, t in (("seq_ids", seq_ids), ("positions", positions)):
             if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
                 raise ValueError(f"{name} must be an integer tensor, got dtype {t.dtype}")
         ids, pos = seq_ids.tolist(), positions.tolist()
-        for s in dict.fromkeys(ids): self.block_tables.check_known(s)
+        for s in dict.fromkeys(ids):
+            self.block_tables.check_known(s)
         for s, p in zip(ids, pos):
             if not 0 <= p < self.block_tables.length(s):
-                raise ValueError(f"position {p} is outside sequence {s}'s reserved length "
-                                 f"{self.block_tables.length(s)}: reserve() it first")
+                raise ValueError(
+                    f"position {p} is outside sequence {s}'s reserved length "
+                    f"{self.block_tables.length(s)}: reserve() it first"
+                )
         return seq_ids.long(), positions.long()
 
     def __repr__(self):
         s = self.stats()
-        return (f"PagedKVCache(layers={self.num_layers}, kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "
-                f"pages={self.num_pages}x{self.page_size}, dtype={self.dtype}, device={self.device}, "
-                f"seqs={s.num_seqs}, pages_used={s.pages_used}, waste={s.waste:.1%})")
+        return (
+            f"PagedKVCache(layers={self.num_layers}, kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "
+            f"pages={self.num_pages}x{self.page_size}, dtype={self.dtype}, device={self.device}, "
+            f"seqs={s.num_seqs}, pages_used={s.pages_used}, waste={s.waste:.1%})"
+        )
 
 # %% ../nbs/02_cache.ipynb #fd28248f
-def reference_attention(q: torch.Tensor,        # [tokens, num_heads, head_dim]
-                        cache: PagedKVCache, layer: int,
-                        seq_ids: torch.Tensor,  # [tokens] sequence of each query
-                        positions: torch.Tensor,  # [tokens] logical position of each query
-                        scale: float | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    "Gather + SDPA: each query attends to its sequence's keys at positions <= its own. Returns `[tokens, num_heads, head_dim]`."
+def reference_attention(
+    q: torch.Tensor,  # [tokens, num_heads, head_dim]
+    cache: PagedKVCache,
+    layer: int,
+    seq_ids: torch.Tensor,  # [tokens] sequence of each query
+    positions: torch.Tensor,  # [tokens] logical position of each query
+    scale: float | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """Gather + SDPA: each query attends to its sequence's keys at positions <= its own.
+    Returns `[tokens, num_heads, head_dim]`.
+    """
     num_heads = q.shape[1]
     if num_heads % cache.num_kv_heads:
-        raise ValueError(f"num_heads={num_heads} is not a multiple of the cache's num_kv_heads={cache.num_kv_heads}")
+        raise ValueError(
+            f"num_heads={num_heads} is not a multiple of the cache's num_kv_heads={cache.num_kv_heads}"
+        )
     out = torch.empty(q.shape, dtype=dtype, device=q.device)
     seq_ids, positions = seq_ids.cpu(), positions.cpu()
     for s in seq_ids.unique().tolist():
@@ -191,10 +277,12 @@ def reference_attention(q: torch.Tensor,        # [tokens, num_heads, head_dim]
         pos = positions[rows]
         k, v = cache.gather(layer, s)
         n = int(pos.max()) + 1
-        k = k[:n].to(dtype).transpose(0, 1).repeat_interleave(num_heads // cache.num_kv_heads, 0)  # [heads, n, head_dim]
+        k = (
+            k[:n].to(dtype).transpose(0, 1).repeat_interleave(num_heads // cache.num_kv_heads, 0)
+        )  # [heads, n, head_dim]
         v = v[:n].to(dtype).transpose(0, 1).repeat_interleave(num_heads // cache.num_kv_heads, 0)
-        allowed = torch.arange(n)[None, :] <= pos[:, None]                                        # [queries, n]
-        qs = q[rows.to(q.device)].to(dtype).transpose(0, 1)                                        # [heads, queries, head_dim]
+        allowed = torch.arange(n)[None, :] <= pos[:, None]  # [queries, n]
+        qs = q[rows.to(q.device)].to(dtype).transpose(0, 1)  # [heads, queries, head_dim]
         o = F.scaled_dot_product_attention(qs, k, v, attn_mask=allowed.to(q.device), scale=scale)
         out[rows.to(q.device)] = o.transpose(0, 1)
     return out
