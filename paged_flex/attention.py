@@ -25,46 +25,63 @@ def bucket(n: int, minimum: int = 16) -> int:
 @dataclass
 class StepMetadata:
     "What the attention of one step needs, built once and shared by every layer."
-    q_seq: torch.Tensor        # [padded_tokens] int32 sequence of each query (0 for padding)
-    q_pos: torch.Tensor        # [padded_tokens] int32 position of each query (-1 for padding)
-    num_tokens: int            # real queries; the rest is padding
-    decode: bool               # one query per sequence (batch row = sequence)
+
+    q_seq: torch.Tensor  # [padded_tokens] int32 sequence of each query (0 for padding)
+    q_pos: torch.Tensor  # [padded_tokens] int32 position of each query (-1 for padding)
+    num_tokens: int  # real queries; the rest is padding
+    decode: bool  # one query per sequence (batch row = sequence)
     block_mask: BlockMask | None = None
-    max_len: int | None = None # longest visible context, when known on the host (split-KV kernels)
+    max_len: int | None = None  # longest visible context, when known on the host (split-KV kernels)
+
 
 def _padded(seq_ids, positions, n_pad, device):
     q_seq = torch.zeros(n_pad, dtype=torch.int32, device=device)
     q_pos = torch.full((n_pad,), -1, dtype=torch.int32, device=device)
-    q_seq[:len(seq_ids)] = seq_ids.to(device=device, dtype=torch.int32)
-    q_pos[:len(positions)] = positions.to(device=device, dtype=torch.int32)
+    q_seq[: len(seq_ids)] = seq_ids.to(device=device, dtype=torch.int32)
+    q_pos[: len(positions)] = positions.to(device=device, dtype=torch.int32)
     return q_seq, q_pos
 
 # %% ../nbs/05_paged_attention.ipynb #42333de0
-def decode_block_mask(cache: PagedKVCache, q_seq: torch.Tensor, q_pos: torch.Tensor, q_block: int = 128) -> BlockMask:
+def decode_block_mask(
+    cache: PagedKVCache, q_seq: torch.Tensor, q_pos: torch.Tensor, q_block: int = 128
+) -> BlockMask:
     "BlockMask for one query per batch row, read straight from the block tables (no host sync)."
     P, B = cache.page_size, q_seq.shape[0]
-    rows = cache.block_table[q_seq.long()]                                   # [B, max_pages_per_seq] physical pages
-    full = torch.div(q_pos + 1, P, rounding_mode="floor").clamp(min=0)      # [B] pages entirely visible
-    partial = ((q_pos + 1) % P != 0).to(torch.int32)                       # [B] 1 if the last page is cut
+    rows = cache.block_table[q_seq.long()]  # [B, max_pages_per_seq] physical pages
+    full = torch.div(q_pos + 1, P, rounding_mode="floor").clamp(min=0)  # [B] pages entirely visible
+    partial = ((q_pos + 1) % P != 0).to(torch.int32)  # [B] 1 if the last page is cut
     cut = rows.gather(1, full.clamp(max=rows.shape[1] - 1).long()[:, None])  # [B, 1] the cut page
-    part_idx = torch.zeros_like(rows); part_idx[:, :1] = cut                # [B, max_pages] it, listed first
+    part_idx = torch.zeros_like(rows)
+    part_idx[:, :1] = cut  # [B, max_pages] it, listed first
     mask = sequence_local_mask(cache.block_table, cache.page_logical, q_seq, q_pos, P, q_len=1)
-    return BlockMask.from_kv_blocks(partial.view(B, 1, 1), part_idx.view(B, 1, 1, -1),
-                                    full.to(torch.int32).view(B, 1, 1), rows.view(B, 1, 1, -1).contiguous(),
-                                    BLOCK_SIZE=(q_block, P), mask_mod=mask,
-                                    seq_lengths=(1, cache.num_pages * P), compute_q_blocks=False)
+    return BlockMask.from_kv_blocks(
+        partial.view(B, 1, 1),
+        part_idx.view(B, 1, 1, -1),
+        full.to(torch.int32).view(B, 1, 1),
+        rows.view(B, 1, 1, -1).contiguous(),
+        BLOCK_SIZE=(q_block, P),
+        mask_mod=mask,
+        seq_lengths=(1, cache.num_pages * P),
+        compute_q_blocks=False,
+    )
 
 # %% ../nbs/05_paged_attention.ipynb #9fee6b51
-def prefill_block_mask(cache: PagedKVCache, q_seq: torch.Tensor, q_pos: torch.Tensor, q_block: int = 128) -> BlockMask:
+def prefill_block_mask(
+    cache: PagedKVCache, q_seq: torch.Tensor, q_pos: torch.Tensor, q_block: int = 128
+) -> BlockMask:
     "BlockMask for packed queries (one batch row), from the block tables (no host sync)."
     P, T, dev = cache.page_size, q_seq.shape[0], q_seq.device
-    if T % q_block: raise ValueError(f"padded query count {T} is not a multiple of q_block={q_block}")
+    if T % q_block:
+        raise ValueError(f"padded query count {T} is not a multiple of q_block={q_block}")
     n_tiles, n_pages = T // q_block, cache.num_pages
-    rows = cache.block_table[q_seq.long()]                                        # [T, max_pages] physical pages
-    seen = torch.arange(rows.shape[1], device=dev)[None, :] <= torch.div(q_pos, P, rounding_mode="floor")[:, None]
+    rows = cache.block_table[q_seq.long()]  # [T, max_pages] physical pages
+    seen = (
+        torch.arange(rows.shape[1], device=dev)[None, :]
+        <= torch.div(q_pos, P, rounding_mode="floor")[:, None]
+    )
     tile = torch.arange(T, device=dev) // q_block
     visit = torch.zeros(n_tiles * n_pages, dtype=torch.bool, device=dev)
-    visit[(tile[:, None] * n_pages + rows.long())[seen]] = True                   # [tiles * num_pages]
+    visit[(tile[:, None] * n_pages + rows.long())[seen]] = True  # [tiles * num_pages]
     visit = visit.view(n_tiles, n_pages)
     # full pages: tiles of one sequence, pages ending before the tile's first query
     real = q_pos >= 0
@@ -72,101 +89,158 @@ def prefill_block_mask(cache: PagedKVCache, q_seq: torch.Tensor, q_pos: torch.Te
     seq_lo = torch.where(real, q_seq, big).view(n_tiles, q_block).amin(1)
     seq_hi = torch.where(real, q_seq, -1).view(n_tiles, q_block).amax(1)
     pos_lo = torch.where(real, q_pos, big).view(n_tiles, q_block).amin(1)
-    n_full = torch.where((seq_lo == seq_hi) & (seq_hi >= 0), torch.div(pos_lo + 1, P, rounding_mode="floor"), 0)
-    tile_rows = cache.block_table[seq_lo.clamp(max=cache.max_seqs - 1).long()]    # [tiles, max_pages]
+    n_full = torch.where(
+        (seq_lo == seq_hi) & (seq_hi >= 0), torch.div(pos_lo + 1, P, rounding_mode="floor"), 0
+    )
+    tile_rows = cache.block_table[seq_lo.clamp(max=cache.max_seqs - 1).long()]  # [tiles, max_pages]
     is_full_lp = torch.arange(rows.shape[1], device=dev)[None, :] < n_full[:, None]
     full = torch.zeros(n_tiles * n_pages, dtype=torch.bool, device=dev)
     full[(torch.arange(n_tiles, device=dev)[:, None] * n_pages + tile_rows.long())[is_full_lp]] = True
     full = full.view(n_tiles, n_pages)
     part = visit & ~full
-    def listed(m):                                                                # chosen pages first
-        return m.sum(1, dtype=torch.int32).view(1, 1, n_tiles), \
-               torch.argsort(m.to(torch.int8), dim=1, descending=True, stable=True).to(torch.int32).view(1, 1, n_tiles, n_pages)
+
+    def listed(m):  # chosen pages first
+        return m.sum(1, dtype=torch.int32).view(1, 1, n_tiles), torch.argsort(
+            m.to(torch.int8), dim=1, descending=True, stable=True
+        ).to(torch.int32).view(1, 1, n_tiles, n_pages)
+
     mask = sequence_local_mask(cache.block_table, cache.page_logical, q_seq, q_pos, P, q_len=T)
-    return BlockMask.from_kv_blocks(*listed(part), *listed(full), BLOCK_SIZE=(q_block, P), mask_mod=mask,
-                                    seq_lengths=(T, n_pages * P), compute_q_blocks=False)
+    return BlockMask.from_kv_blocks(
+        *listed(part),
+        *listed(full),
+        BLOCK_SIZE=(q_block, P),
+        mask_mod=mask,
+        seq_lengths=(T, n_pages * P),
+        compute_q_blocks=False,
+    )
 
 # %% ../nbs/05_paged_attention.ipynb #dfdbdfa5
-def step_metadata(cache: PagedKVCache, seq_ids: torch.Tensor, positions: torch.Tensor,
-                  decode: bool | None = None, q_block: int = 128, max_len: int | None = None,
-                  block_mask: bool = True) -> StepMetadata:
+def step_metadata(
+    cache: PagedKVCache,
+    seq_ids: torch.Tensor,
+    positions: torch.Tensor,
+    decode: bool | None = None,
+    q_block: int = 128,
+    max_len: int | None = None,
+    block_mask: bool = True,
+) -> StepMetadata:
     "Pad the step's queries to a bucket and build its BlockMask from the block tables."
     n = len(seq_ids)
-    if decode is None: decode = len(torch.unique(seq_ids)) == n
+    if decode is None:
+        decode = len(torch.unique(seq_ids)) == n
     n_pad = bucket(n, minimum=16 if decode else q_block)
-    if not decode: n_pad = -(-n_pad // q_block) * q_block
+    if not decode:
+        n_pad = -(-n_pad // q_block) * q_block
     q_seq, q_pos = _padded(seq_ids, positions, n_pad, cache.device)
     bm = None
-    if block_mask: bm = (decode_block_mask if decode else prefill_block_mask)(cache, q_seq, q_pos, q_block)
+    if block_mask:
+        bm = (decode_block_mask if decode else prefill_block_mask)(cache, q_seq, q_pos, q_block)
     return StepMetadata(q_seq, q_pos, n, decode, bm, max_len)
 
 # %% ../nbs/05_paged_attention.ipynb #a1e5c3d7
 @dataclass
 class PagedStep:
     "One forward pass of packed tokens over the paged cache: built once, read by every layer."
+
     cache: PagedKVCache
-    seq_ids: torch.Tensor    # [tokens] int64 sequence of each packed token, on the cache's device
+    seq_ids: torch.Tensor  # [tokens] int64 sequence of each packed token, on the cache's device
     positions: torch.Tensor  # [tokens] int64 its logical position (RoPE and the causal mask)
-    slots: torch.Tensor      # [tokens] int64 physical slot its key and value are written to
-    meta: StepMetadata       # padded queries, decode flag, BlockMask (flex), longest context
-    backend: str             # a registry name (notebook 05a): 'gather', 'flex', 'triton_decode', ...
-    host_ids: torch.Tensor | None = None    # [tokens] the same sequence ids and positions on the host, for
-    host_pos: torch.Tensor | None = None    # the Triton prefill kernels' query tiles
+    slots: torch.Tensor  # [tokens] int64 physical slot its key and value are written to
+    meta: StepMetadata  # padded queries, decode flag, BlockMask (flex), longest context
+    backend: str  # a registry name (notebook 05a): 'gather', 'flex', 'triton_decode', ...
+    host_ids: torch.Tensor | None = None  # [tokens] the same sequence ids and positions on the host, for
+    host_pos: torch.Tensor | None = None  # the Triton prefill kernels' query tiles
     _tiles: dict = field(default_factory=dict, repr=False)
 
     def tiles(self, queries_per_tile: int) -> torch.Tensor:
-        "`[num_tiles, 4]` query tiles of the Triton prefill kernels, on the device: once per step and tile size."
+        """`[num_tiles, 4]` query tiles of the Triton prefill kernels, on the device:
+        once per step and tile size.
+        """
         if queries_per_tile not in self._tiles:
             from paged_flex.triton_prefill import prefill_tiles
+
             tiles = prefill_tiles(self.host_ids, self.host_pos, queries_per_tile)
             self._tiles[queries_per_tile] = tiles.to(self.cache.device)
         return self._tiles[queries_per_tile]
 
 # %% ../nbs/05_paged_attention.ipynb #a1e5c3d8
-def attention_step(cache: PagedKVCache,
-                   host_ids: torch.Tensor,   # [tokens] sequence of each token, on the host
-                   host_pos: torch.Tensor,   # [tokens] its position, on the host
-                   backend: str, decode: bool) -> PagedStep:
+def attention_step(
+    cache: PagedKVCache,
+    host_ids: torch.Tensor,  # [tokens] sequence of each token, on the host
+    host_pos: torch.Tensor,  # [tokens] its position, on the host
+    backend: str,
+    decode: bool,
+) -> PagedStep:
     "The step's slots and metadata for registry backend `backend` (no checks: `paged_step` checks)."
     ids, pos = host_ids.long().to(cache.device), host_pos.long().to(cache.device)
-    meta = step_metadata(cache, ids, pos, decode=decode, max_len=int(host_pos.max()) + 1,
-                         block_mask=BACKENDS[backend].block_mask)
+    meta = step_metadata(
+        cache,
+        ids,
+        pos,
+        decode=decode,
+        max_len=int(host_pos.max()) + 1,
+        block_mask=BACKENDS[backend].block_mask,
+    )
     return PagedStep(cache, ids, pos, cache.slots(ids, pos), meta, backend, host_ids, host_pos)
 
 # %% ../nbs/05_paged_attention.ipynb #8a68e1ad
 _compiled_flex = None
 
+
 def _flex():
     "FlexAttention: compiled once per process on the GPU (the one compile call site), eager on the CPU."
     global _compiled_flex
-    if _compiled_flex is None: _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
     return _compiled_flex
 
-def flex_paged_attention(q: torch.Tensor,         # [tokens, num_heads, head_dim]
-                         cache: PagedKVCache, layer: int, meta: StepMetadata,
-                         scale: float | None = None, kernel_options: dict | None = None) -> torch.Tensor:
+
+def flex_paged_attention(
+    q: torch.Tensor,  # [tokens, num_heads, head_dim]
+    cache: PagedKVCache,
+    layer: int,
+    meta: StepMetadata,
+    scale: float | None = None,
+    kernel_options: dict | None = None,
+) -> torch.Tensor:
     "Paged attention through FlexAttention with `meta`'s BlockMask. Returns `[tokens, num_heads, head_dim]`."
     n, H, D = q.shape
     n_pad = meta.q_seq.shape[0]
-    qp = q.new_zeros(n_pad, H, D); qp[:n] = q
+    qp = q.new_zeros(n_pad, H, D)
+    qp[:n] = q
     k = cache.k[layer].view(-1, cache.num_kv_heads, D).transpose(0, 1).unsqueeze(0)  # [1, kv_heads, slots, D]
     v = cache.v[layer].view(-1, cache.num_kv_heads, D).transpose(0, 1).unsqueeze(0)
     if meta.decode:
-        qq = qp.unsqueeze(2)                                                           # [B, H, 1, D]; KV batch 1 broadcasts
+        qq = qp.unsqueeze(2)  # [B, H, 1, D]; KV batch 1 broadcasts
     else:
-        qq = qp.transpose(0, 1).unsqueeze(0)                                           # [1, H, T, D]
+        qq = qp.transpose(0, 1).unsqueeze(0)  # [1, H, T, D]
     fn = _flex() if q.is_cuda else flex_attention
     if q.is_cuda and kernel_options is None:
-        kernel_options = {"BLOCK_N": min(cache.page_size, 64)}                     # a KV tile may not span pages
-    out = fn(qq, k, v, block_mask=meta.block_mask, scale=scale, enable_gqa=H != cache.num_kv_heads,
-             kernel_options=kernel_options)
+        kernel_options = {"BLOCK_N": min(cache.page_size, 64)}  # a KV tile may not span pages
+    out = fn(
+        qq,
+        k,
+        v,
+        block_mask=meta.block_mask,
+        scale=scale,
+        enable_gqa=H != cache.num_kv_heads,
+        kernel_options=kernel_options,
+    )
     out = out.squeeze(2) if meta.decode else out.squeeze(0).transpose(0, 1)
     return out[:n]
 
 # %% ../nbs/05_paged_attention.ipynb #e2b2e493
-def gather_paged_attention(q: torch.Tensor, cache: PagedKVCache, layer: int,
-                           seq_ids: torch.Tensor, positions: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    "Paged attention by gathering each sequence's pages and running SDPA. Returns `[tokens, num_heads, head_dim]`."
+def gather_paged_attention(
+    q: torch.Tensor,
+    cache: PagedKVCache,
+    layer: int,
+    seq_ids: torch.Tensor,
+    positions: torch.Tensor,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Paged attention by gathering each sequence's pages and running SDPA.
+    Returns `[tokens, num_heads, head_dim]`.
+    """
     n, H, D = q.shape
     G = H // cache.num_kv_heads
     out = torch.empty_like(q)
@@ -175,13 +249,14 @@ def gather_paged_attention(q: torch.Tensor, cache: PagedKVCache, layer: int,
         rows = (ids == s).nonzero().squeeze(1)
         p = pos[rows]
         n_kv = int(p.max()) + 1
-        pages = cache.block_table[s, :-(-n_kv // cache.page_size)].long()
-        k = cache.k[layer, pages].reshape(-1, cache.num_kv_heads, D)[:n_kv]          # [n_kv, kv_heads, D]
+        pages = cache.block_table[s, : -(-n_kv // cache.page_size)].long()
+        k = cache.k[layer, pages].reshape(-1, cache.num_kv_heads, D)[:n_kv]  # [n_kv, kv_heads, D]
         v = cache.v[layer, pages].reshape(-1, cache.num_kv_heads, D)[:n_kv]
-        allowed = torch.arange(n_kv)[None, :] <= p[:, None]                          # [queries, n_kv]
+        allowed = torch.arange(n_kv)[None, :] <= p[:, None]  # [queries, n_kv]
         v = torch.where(allowed.any(0)[:, None, None].to(v.device), v, 0)
-        qs = q[rows.to(q.device)].transpose(0, 1)                                    # [H, queries, D]
-        k = k.transpose(0, 1).repeat_interleave(G, 0); v = v.transpose(0, 1).repeat_interleave(G, 0)
+        qs = q[rows.to(q.device)].transpose(0, 1)  # [H, queries, D]
+        k = k.transpose(0, 1).repeat_interleave(G, 0)
+        v = v.transpose(0, 1).repeat_interleave(G, 0)
         o = F.scaled_dot_product_attention(qs, k, v, attn_mask=allowed.to(q.device), scale=scale)
         out[rows.to(q.device)] = o.transpose(0, 1)
     return out
@@ -189,28 +264,41 @@ def gather_paged_attention(q: torch.Tensor, cache: PagedKVCache, layer: int,
 # %% ../nbs/05_paged_attention.ipynb #1ce914b7
 def _check_call(q, cache, layer, seq_ids, positions):
     if not isinstance(q, torch.Tensor) or q.ndim != 3 or q.shape[2] != cache.head_dim:
-        raise ValueError(f"q must be [tokens, num_heads, head_dim={cache.head_dim}], got "
-                         f"{list(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
+        raise ValueError(
+            f"q must be [tokens, num_heads, head_dim={cache.head_dim}], got "
+            f"{list(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}"
+        )
     if q.shape[1] % cache.num_kv_heads:
-        raise ValueError(f"num_heads={q.shape[1]} is not a multiple of the cache's num_kv_heads={cache.num_kv_heads}")
+        raise ValueError(
+            f"num_heads={q.shape[1]} is not a multiple of the cache's num_kv_heads={cache.num_kv_heads}"
+        )
     if q.dtype != cache.dtype:
         raise ValueError(f"q has dtype {q.dtype}; the cache stores {cache.dtype}")
     seq_ids, positions = torch.as_tensor(seq_ids), torch.as_tensor(positions)
     if seq_ids.shape != (q.shape[0],) or positions.shape != (q.shape[0],):
-        raise ValueError(f"seq_ids and positions must be [tokens={q.shape[0]}], got "
-                         f"{list(seq_ids.shape)} and {list(positions.shape)}")
+        raise ValueError(
+            f"seq_ids and positions must be [tokens={q.shape[0]}], got "
+            f"{list(seq_ids.shape)} and {list(positions.shape)}"
+        )
     if not 0 <= layer < cache.num_layers:
         raise ValueError(f"layer must be in [0, {cache.num_layers}), got {layer}")
     return seq_ids, positions
 
-def paged_attention(q: torch.Tensor,            # [tokens, num_heads, head_dim]
-                    cache: PagedKVCache, layer: int,
-                    seq_ids: torch.Tensor,      # [tokens] sequence of each query
-                    positions: torch.Tensor,    # [tokens] logical position of each query
-                    scale: float | None = None, backend: str = "auto") -> torch.Tensor:
-    "Each query attends to its sequence's keys at positions <= its own. Returns `[tokens, num_heads, head_dim]`."
+
+def paged_attention(
+    q: torch.Tensor,  # [tokens, num_heads, head_dim]
+    cache: PagedKVCache,
+    layer: int,
+    seq_ids: torch.Tensor,  # [tokens] sequence of each query
+    positions: torch.Tensor,  # [tokens] logical position of each query
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Each query attends to its sequence's keys at positions <= its own.
+    Returns `[tokens, num_heads, head_dim]`.
+    """
     seq_ids, positions = _check_call(q, cache, layer, seq_ids, positions)
     ids, pos = seq_ids.cpu(), positions.cpu()
-    decode = len(torch.unique(ids)) == len(ids)                 # one query per sequence: batch rows
+    decode = len(torch.unique(ids)) == len(ids)  # one query per sequence: batch rows
     step = attention_step(cache, ids, pos, select_backend(cache, decode, backend), decode)
     return attend(q, step, layer, scale)

@@ -14,7 +14,8 @@ __all__ = ['TRITON_INTERPRETED', 'BACKENDS', 'triton_available', 'prepare_triton
            'Backend', 'register_backend', 'AttentionCase', 'why_not', 'select_backend', 'attend']
 
 # %% ../nbs/05a_backends.ipynb #3e06a927
-TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"   # read once: Triton reads it once too
+TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # read once: Triton reads it once too
+
 
 def triton_available() -> bool:
     "Whether Triton is installed, checked without importing it."
@@ -23,16 +24,20 @@ def triton_available() -> bool:
 # %% ../nbs/05a_backends.ipynb #31be8eb0
 _PREPARED = False
 
+
 def prepare_triton() -> None:
     "Before Triton kernels run: under the CPU interpreter, let loaded scalars be `range` bounds (numpy 2)."
     global _PREPARED
     if _PREPARED or not TRITON_INTERPRETED:
         return
     from triton.runtime import interpreter
+
     original = interpreter._patch_lang_tensor
+
     def patched(tensor, scope):
         original(tensor, scope)
         scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
     interpreter._patch_lang_tensor = patched
     _PREPARED = True
 
@@ -41,33 +46,39 @@ def triton_head_dim_ok(head_dim: int) -> bool:
     "Whether the Triton kernels take this head_dim: a power of two >= 16."
     return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
+
 def check_triton_head_dim(head_dim: int) -> None:
     "A `ValueError` naming `head_dim` unless the Triton kernels take it."
     if not triton_head_dim_ok(head_dim):
-        raise ValueError(f"the Triton paged kernels need head_dim to be a power of two >= 16, got {head_dim}; "
-                         f"use backend='flex' or 'gather'")
+        raise ValueError(
+            f"the Triton paged kernels need head_dim to be a power of two >= 16, got {head_dim}; "
+            f"use backend='flex' or 'gather'"
+        )
 
 # %% ../nbs/05a_backends.ipynb #dc3c1ae7
 @dataclass(frozen=True)
 class Backend:
     "What one attention backend can run, and how to run it."
-    name: str                       # stored on PagedStep.backend
-    family: str                     # the name users ask for: 'gather', 'flex' or 'triton'
-    run: Callable                   # run(q, step, layer, scale) -> [tokens, num_heads, head_dim]
-    devices: tuple[str, ...]        # device types it runs on
-    auto_devices: tuple[str, ...]   # device types where backend='auto' may pick it
-    decode: bool = True             # runs steps of one query per sequence
-    prefill: bool = True            # runs steps with prefill chunks (any mix)
-    cuda_graph: bool = False        # can be captured in a CUDA graph (no host sync, no host-built tensors)
-    block_mask: bool = False        # needs the step's FlexAttention BlockMask
-    dtypes: tuple | None = None     # None: any
-    head_dims: str = "any"          # in words, for errors
+
+    name: str  # stored on PagedStep.backend
+    family: str  # the name users ask for: 'gather', 'flex' or 'triton'
+    run: Callable  # run(q, step, layer, scale) -> [tokens, num_heads, head_dim]
+    devices: tuple[str, ...]  # device types it runs on
+    auto_devices: tuple[str, ...]  # device types where backend='auto' may pick it
+    decode: bool = True  # runs steps of one query per sequence
+    prefill: bool = True  # runs steps with prefill chunks (any mix)
+    cuda_graph: bool = False  # can be captured in a CUDA graph (no host sync, no host-built tensors)
+    block_mask: bool = False  # needs the step's FlexAttention BlockMask
+    dtypes: tuple | None = None  # None: any
+    head_dims: str = "any"  # in words, for errors
     head_dim_ok: Callable[[int], bool] | None = None
     page_sizes: str = "any"
     page_size_ok: Callable[[int], bool] | None = None
-    check: Callable | None = None   # check(case) -> None, or why it cannot run (software, GPU architecture)
+    check: Callable | None = None  # check(case) -> None, or why it cannot run (software, GPU architecture)
+
 
 BACKENDS: dict[str, Backend] = {}
+
 
 def register_backend(backend: Backend) -> Backend:
     "Add `backend` to the registry, after those already there (lower preference)."
@@ -80,6 +91,7 @@ def register_backend(backend: Backend) -> Backend:
 @dataclass(frozen=True)
 class AttentionCase:
     "One step to run: the cache's layout and the step's kind."
+
     device: torch.device
     dtype: torch.dtype
     head_dim: int
@@ -89,8 +101,11 @@ class AttentionCase:
 
     def __str__(self):
         graph = " in a CUDA graph" if self.cuda_graph else ""
-        return (f"a {'decode' if self.decode else 'prefill'} step{graph} on device {self.device.type} "
-                f"({self.dtype}, head_dim {self.head_dim}, page_size {self.page_size})")
+        return (
+            f"a {'decode' if self.decode else 'prefill'} step{graph} on device {self.device.type} "
+            f"({self.dtype}, head_dim {self.head_dim}, page_size {self.page_size})"
+        )
+
 
 def why_not(backend: Backend, case: AttentionCase) -> str | None:
     "None if `backend` can run `case`, else the reason."
@@ -115,12 +130,17 @@ def _wanted(backend: Backend, requested: str, device_type: str) -> bool:
         return device_type in backend.auto_devices
     return requested in (backend.family, backend.name)
 
+
 def select_backend(cache, decode: bool, requested: str = "auto", cuda_graph: bool = False) -> str:
-    "The registry name of the backend that runs this step on `cache` (anything with device, dtype, head_dim, page_size)."
+    """The registry name of the backend that runs this step on `cache` (anything with device, dtype,
+    head_dim, page_size).
+    """
     names = ["auto", *dict.fromkeys(b.family for b in BACKENDS.values()), *BACKENDS]
     if requested not in names:
         raise ValueError(f"backend must be one of {list(dict.fromkeys(names))}, got {requested!r}")
-    case = AttentionCase(torch.device(cache.device), cache.dtype, cache.head_dim, cache.page_size, decode, cuda_graph)
+    case = AttentionCase(
+        torch.device(cache.device), cache.dtype, cache.head_dim, cache.page_size, decode, cuda_graph
+    )
     reasons = []
     for b in BACKENDS.values():
         if not _wanted(b, requested, case.device.type):
@@ -129,26 +149,38 @@ def select_backend(cache, decode: bool, requested: str = "auto", cuda_graph: boo
         if why is None:
             return b.name
         reasons.append(f"{b.name} {why}")
-    raise ValueError(f"backend {requested!r} cannot run {case}: " + ("; ".join(reasons) or "no backend registered"))
+    raise ValueError(
+        f"backend {requested!r} cannot run {case}: " + ("; ".join(reasons) or "no backend registered")
+    )
 
 # %% ../nbs/05a_backends.ipynb #d9373e19
-def attend(q: torch.Tensor,   # [tokens, num_heads, head_dim]
-           step, layer: int, scale: float | None = None) -> torch.Tensor:
+def attend(
+    q: torch.Tensor,  # [tokens, num_heads, head_dim]
+    step,
+    layer: int,
+    scale: float | None = None,
+) -> torch.Tensor:
     "Attention of `q` over `layer`'s pages through `step.backend`. Returns `[tokens, num_heads, head_dim]`."
     backend = BACKENDS.get(step.backend)
     if backend is None:
-        raise ValueError(f"step.backend must be a registered backend {list(BACKENDS)}, got {step.backend!r}: "
-                         f"build steps with paged_step() or select_backend()")
+        raise ValueError(
+            f"step.backend must be a registered backend {list(BACKENDS)}, got {step.backend!r}: "
+            f"build steps with paged_step() or select_backend()"
+        )
     return backend.run(q, step, layer, scale)
 
 # %% ../nbs/05a_backends.ipynb #04671a9f
 def _gather(q, step, layer, scale):
     from paged_flex.attention import gather_paged_attention
+
     return gather_paged_attention(q, step.cache, layer, step.seq_ids, step.positions, scale)
+
 
 def _flex(q, step, layer, scale):
     from paged_flex.attention import flex_paged_attention
+
     return flex_paged_attention(q, step.cache, layer, step.meta, scale)
+
 
 def _flex_check(case: AttentionCase) -> str | None:
     "Compiled FlexAttention (Inductor) refuses head sizes below 16."
@@ -165,13 +197,17 @@ def _triton_check(case: AttentionCase) -> str | None:
         return "runs on the CPU only under TRITON_INTERPRET=1"
     return None
 
+
 def _triton_decode(q, step, layer, scale):
     from paged_flex.triton_decode import paged_decode
+
     m = step.meta
     return paged_decode(q.contiguous(), step.cache, layer, m.q_seq, m.q_pos, m.max_len, scale)
 
+
 def _triton_prefill(q, step, layer, scale):
     from paged_flex.triton_prefill import paged_prefill, queries_per_tile
+
     c = step.cache
     qpt = queries_per_tile(q.shape[1], c.num_kv_heads, page_size=c.page_size, device=q.device)
     return paged_prefill(q.contiguous(), c, layer, step.tiles(qpt), scale)
@@ -182,13 +218,16 @@ def _hopper_check(case: AttentionCase) -> str | None:
     if not triton_available() or not torch.cuda.is_available():
         return "needs Triton and a CUDA GPU"
     from paged_flex.hopper_prefill import hopper_prefill_ok
+
     if not hopper_prefill_ok(case.device, case.dtype, case.head_dim, case.page_size):
         return "needs Triton's Gluon (3.6 API) and an sm_90 GPU"
     return None
 
+
 def _hopper_prefill(q, step, layer, scale):
     from paged_flex.hopper_prefill import HOPPER_CONFIG, hopper_launch
     from paged_flex.triton_prefill import heads_per_program
+
     c, block_m = step.cache, HOPPER_CONFIG["block_m"]
     qpt = block_m // heads_per_program(q.shape[1], c.num_kv_heads, block_m, HOPPER_CONFIG["pack_heads"])
     return hopper_launch(q, c, layer, step.tiles(qpt), scale, HOPPER_CONFIG)
@@ -198,14 +237,52 @@ _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _HALF = (torch.bfloat16, torch.float16)
 _POW2 = "a power of two >= 16"
 
-register_backend(Backend("hopper_prefill", "triton", _hopper_prefill, ("cuda",), ("cuda",), decode=False,
-                         dtypes=_HALF, head_dims="64 or 128", head_dim_ok=lambda d: d in (64, 128),
-                         page_sizes="8, 16, 32, 64 or a multiple of 128",
-                         page_size_ok=lambda p: p in (8, 16, 32, 64) or p % 128 == 0, check=_hopper_check))
-register_backend(Backend("triton_decode", "triton", _triton_decode, ("cuda", "cpu"), ("cuda",), prefill=False,
-                         cuda_graph=True, dtypes=_FLOATS, head_dims=_POW2, head_dim_ok=triton_head_dim_ok,
-                         check=_triton_check))
-register_backend(Backend("triton_prefill", "triton", _triton_prefill, ("cuda", "cpu"), ("cuda",), decode=False,
-                         dtypes=_FLOATS, head_dims=_POW2, head_dim_ok=triton_head_dim_ok, check=_triton_check))
-register_backend(Backend("flex", "flex", _flex, ("cuda", "cpu"), ("cuda",), block_mask=True, check=_flex_check))
+register_backend(
+    Backend(
+        "hopper_prefill",
+        "triton",
+        _hopper_prefill,
+        ("cuda",),
+        ("cuda",),
+        decode=False,
+        dtypes=_HALF,
+        head_dims="64 or 128",
+        head_dim_ok=lambda d: d in (64, 128),
+        page_sizes="8, 16, 32, 64 or a multiple of 128",
+        page_size_ok=lambda p: p in (8, 16, 32, 64) or p % 128 == 0,
+        check=_hopper_check,
+    )
+)
+register_backend(
+    Backend(
+        "triton_decode",
+        "triton",
+        _triton_decode,
+        ("cuda", "cpu"),
+        ("cuda",),
+        prefill=False,
+        cuda_graph=True,
+        dtypes=_FLOATS,
+        head_dims=_POW2,
+        head_dim_ok=triton_head_dim_ok,
+        check=_triton_check,
+    )
+)
+register_backend(
+    Backend(
+        "triton_prefill",
+        "triton",
+        _triton_prefill,
+        ("cuda", "cpu"),
+        ("cuda",),
+        decode=False,
+        dtypes=_FLOATS,
+        head_dims=_POW2,
+        head_dim_ok=triton_head_dim_ok,
+        check=_triton_check,
+    )
+)
+register_backend(
+    Backend("flex", "flex", _flex, ("cuda", "cpu"), ("cuda",), block_mask=True, check=_flex_check)
+)
 register_backend(Backend("gather", "gather", _gather, ("cuda", "cpu"), ("cuda", "cpu")))

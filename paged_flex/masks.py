@@ -10,18 +10,23 @@ import torch
 __all__ = ['sequence_local_mask', 'dense_mask', 'reference_mask']
 
 # %% ../nbs/04_masks.ipynb #13f0ec58
-def sequence_local_mask(block_table: torch.Tensor,   # [max_seqs, max_pages_per_seq] int32
-                        page_logical: torch.Tensor,  # [num_pages] int32 logical index of each page
-                        q_seq: torch.Tensor,         # [B * q_len] int32 sequence of each query
-                        q_pos: torch.Tensor,         # [B * q_len] int32 logical position (-1: padding)
-                        page_size: int, q_len: int):
+def sequence_local_mask(
+    block_table: torch.Tensor,  # [max_seqs, max_pages_per_seq] int32
+    page_logical: torch.Tensor,  # [num_pages] int32 logical index of each page
+    q_seq: torch.Tensor,  # [B * q_len] int32 sequence of each query
+    q_pos: torch.Tensor,  # [B * q_len] int32 logical position (-1: padding)
+    page_size: int,
+    q_len: int,
+):
     "The paper's `mask_mod` over physical slots: same sequence, and key position <= query position."
+
     def sequence_local(b, h, q_idx, kv_idx):
         t = b * q_len + q_idx
         page = kv_idx // page_size
         lp = page_logical[page]
         kv_pos = lp * page_size + kv_idx % page_size
         return (block_table[q_seq[t], lp] == page) & (kv_pos <= q_pos[t])
+
     return sequence_local
 
 # %% ../nbs/04_masks.ipynb #c4a96ea8
@@ -30,6 +35,7 @@ def dense_mask(mask_mod, num_queries: int, kv_len: int, q_len: int | None = None
     q_len = q_len or num_queries
     t = torch.arange(num_queries)[:, None]
     return mask_mod(t // q_len, 0, t % q_len, torch.arange(kv_len)[None, :])
+
 
 def reference_mask(cache, seq_ids, positions) -> torch.Tensor:
     "The same mask built the slow, obvious way from the cache's host bookkeeping: `[tokens, num_slots]` bool."

@@ -12,34 +12,50 @@ from .cache import PagedKVCache
 __all__ = ['random_case', 'poison', 'check_block_mask']
 
 # %% ../nbs/04b_testing.ipynb #d1f24dab
-def random_case(num_seqs=4, page_size=4, num_heads=4, num_kv_heads=2, head_dim=8, max_len=40,
-                dtype=torch.float32, device="cpu", decode_only=False, seed=0, spare_pages=8, bystanders=2):
-    "A cache with shuffled pages and random sequences, and a query batch: `(cache, q, seq_ids, positions, batch)`."
+def random_case(
+    num_seqs=4,
+    page_size=4,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    max_len=40,
+    dtype=torch.float32,
+    device="cpu",
+    decode_only=False,
+    seed=0,
+    spare_pages=8,
+    bystanders=2,
+):
+    """A cache with shuffled pages and random sequences, and a query batch: `(cache, q, seq_ids, positions,
+    batch)`.
+    """
     g = torch.Generator().manual_seed(seed)
     lens = torch.randint(1, max_len + 1, (num_seqs + bystanders,), generator=g).tolist()
-    lens[0] = page_size * max(1, max_len // (2 * page_size))                  # an exact page multiple
+    lens[0] = page_size * max(1, max_len // (2 * page_size))  # an exact page multiple
     lens[-1] = 1
     num_pages = sum(-(-n // page_size) for n in lens) + spare_pages
-    cache = PagedKVCache(1, num_kv_heads, head_dim, num_pages, page_size, dtype=dtype, device=device, max_seqs=64)
+    cache = PagedKVCache(
+        1, num_kv_heads, head_dim, num_pages, page_size, dtype=dtype, device=device, max_seqs=64
+    )
     cache.allocator._free = torch.randperm(num_pages, generator=g).tolist()
     for s, n in enumerate(lens):
         cache.reserve(s, n)
         k = torch.randn(n, num_kv_heads, head_dim, generator=g).to(dtype)
         v = torch.randn(n, num_kv_heads, head_dim, generator=g).to(dtype)
         cache.assign(0, torch.full((n,), s), torch.arange(n), k.to(device), v.to(device))
-    batch = list(range(num_seqs))                      # the last `bystanders` sequences stay out of the batch
+    batch = list(range(num_seqs))  # the last `bystanders` sequences stay out of the batch
     ids, pos = [], []
     for s in batch:
         n = lens[s]
         if decode_only or torch.rand(1, generator=g).item() < 0.5:
-            start = n - 1                                                      # a decode token
+            start = n - 1  # a decode token
         else:
-            start = int(torch.randint(0, n, (1,), generator=g))                # a prefill chunk
+            start = int(torch.randint(0, n, (1,), generator=g))  # a prefill chunk
         ids += [s] * (n - start)
         pos += list(range(start, n))
     perm = torch.randperm(len(ids), generator=g) if not decode_only else torch.arange(len(ids))
     seq_ids, positions = torch.tensor(ids)[perm], torch.tensor(pos)[perm]
-    if not decode_only:                                 # keep each sequence's chunk together, as an engine would
+    if not decode_only:  # keep each sequence's chunk together, as an engine would
         order = torch.argsort(seq_ids * 10**6 + positions)
         seq_ids, positions = seq_ids[order], positions[order]
     q = torch.randn(len(ids), num_heads, head_dim, generator=g).to(dtype).to(device)
@@ -61,10 +77,10 @@ def check_block_mask(bm: BlockMask, allowed: torch.Tensor, q_len: int) -> None:
     B = bm.kv_num_blocks.shape[0]
     for b in range(B):
         for qt in range(bm.kv_num_blocks.shape[2]):
-            part = bm.kv_indices[b, 0, qt, :bm.kv_num_blocks[b, 0, qt]].tolist()
-            full = bm.full_kv_indices[b, 0, qt, :bm.full_kv_num_blocks[b, 0, qt]].tolist()
+            part = bm.kv_indices[b, 0, qt, : bm.kv_num_blocks[b, 0, qt]].tolist()
+            full = bm.full_kv_indices[b, 0, qt, : bm.full_kv_num_blocks[b, 0, qt]].tolist()
             q0, q1 = b * q_len + qt * QB, b * q_len + min(q_len, (qt + 1) * QB)
-            rows = allowed[q0:q1].view(q1 - q0, -1, KB)                     # [queries, pages, page_size]
+            rows = allowed[q0:q1].view(q1 - q0, -1, KB)  # [queries, pages, page_size]
             needed = rows.any(2).any(0).nonzero().squeeze(1).tolist()
             missing = set(needed) - set(part) - set(full)
             assert not missing, f"batch {b} tile {qt}: allowed pages {sorted(missing)} are not listed"

@@ -18,22 +18,43 @@ __all__ = ['num_splits_for', 'paged_decode']
 
 # %% ../nbs/06_triton_decode.ipynb #d6db22cc
 @triton.jit
-def _decode_split_kernel(Q, K, V, BT, SEQ, POS, Acc, ML, Out,
-                         stride_qt, stride_qh, stride_kp, stride_kn, stride_kh, stride_bt,
-                         tokens_per_split, sm_scale,
-                         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, P: tl.constexpr,
-                         BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, IEEE: tl.constexpr):
+def _decode_split_kernel(
+    Q,
+    K,
+    V,
+    BT,
+    SEQ,
+    POS,
+    Acc,
+    ML,
+    Out,
+    stride_qt,
+    stride_qh,
+    stride_kp,
+    stride_kn,
+    stride_kh,
+    stride_bt,
+    tokens_per_split,
+    sm_scale,
+    G: tl.constexpr,
+    G_PAD: tl.constexpr,
+    D: tl.constexpr,
+    P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SINGLE: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     b, hk, sp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n_splits = tl.num_programs(2)
     seq = tl.load(SEQ + b).to(tl.int64)
-    kv_len = tl.load(POS + b) + 1                                  # keys 0..pos are visible
+    kv_len = tl.load(POS + b) + 1  # keys 0..pos are visible
     start = sp * tokens_per_split
     end = tl.minimum(start + tokens_per_split, kv_len)
     g = tl.arange(0, G_PAD)
     d = tl.arange(0, D)
     heads = hk * G + g
     q = tl.load(Q + b * stride_qt + heads[:, None] * stride_qh + d[None, :], mask=(g < G)[:, None], other=0.0)
-    qk_scale = sm_scale * 1.4426950408889634                       # softmax in base 2
+    qk_scale = sm_scale * 1.4426950408889634  # softmax in base 2
     m_i = tl.full([G_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, D], tl.float32)
@@ -41,7 +62,7 @@ def _decode_split_kernel(Q, K, V, BT, SEQ, POS, Acc, ML, Out,
         n = start + i * BLOCK_N + tl.arange(0, BLOCK_N)
         valid = n < end
         page = tl.load(BT + seq * stride_bt + n // P, mask=valid, other=0).to(tl.int64)
-        row = page * stride_kp + (n % P) * stride_kn + hk * stride_kh   # [BLOCK_N] offsets of key rows
+        row = page * stride_kp + (n % P) * stride_kn + hk * stride_kh  # [BLOCK_N] offsets of key rows
         k = tl.load(K + row[:, None] + d[None, :], mask=valid[:, None], other=0.0)
         if IEEE:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
@@ -61,16 +82,22 @@ def _decode_split_kernel(Q, K, V, BT, SEQ, POS, Acc, ML, Out,
     hmask = (g < G)[:, None]
     if SINGLE:
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-        tl.store(Out + b * stride_qt + heads[:, None] * stride_qh + d[None, :], out.to(Out.dtype.element_ty), mask=hmask)
+        tl.store(
+            Out + b * stride_qt + heads[:, None] * stride_qh + d[None, :],
+            out.to(Out.dtype.element_ty),
+            mask=hmask,
+        )
     else:
-        base = (b * tl.num_programs(1) * G + heads) * n_splits + sp          # [G_PAD] index of (b, head, split)
+        base = (b * tl.num_programs(1) * G + heads) * n_splits + sp  # [G_PAD] index of (b, head, split)
         tl.store(Acc + base[:, None] * D + d[None, :], acc, mask=hmask)
         tl.store(ML + base * 2, m_i, mask=g < G)
         tl.store(ML + base * 2 + 1, l_i, mask=g < G)
 
+
 @triton.jit
-def _decode_combine_kernel(Acc, ML, Out, stride_ot, stride_oh, n_splits,
-                           H: tl.constexpr, D: tl.constexpr, S_PAD: tl.constexpr):
+def _decode_combine_kernel(
+    Acc, ML, Out, stride_ot, stride_oh, n_splits, H: tl.constexpr, D: tl.constexpr, S_PAD: tl.constexpr
+):
     b, h = tl.program_id(0), tl.program_id(1)
     s = tl.arange(0, S_PAD)
     d = tl.arange(0, D)
@@ -79,7 +106,7 @@ def _decode_combine_kernel(Acc, ML, Out, stride_ot, stride_oh, n_splits,
     m = tl.load(ML + base * 2, mask=ok, other=float("-inf"))
     l = tl.load(ML + base * 2 + 1, mask=ok, other=0.0)
     m_max = tl.max(m, 0)
-    w = tl.where(m > float("-inf"), tl.exp2(m - m_max), 0.0)            # empty splits weigh nothing
+    w = tl.where(m > float("-inf"), tl.exp2(m - m_max), 0.0)  # empty splits weigh nothing
     acc = tl.load(Acc + base[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
     num = tl.sum(acc * w[:, None], 0)
     den = tl.sum(l * w, 0)
@@ -88,12 +115,16 @@ def _decode_combine_kernel(Acc, ML, Out, stride_ot, stride_oh, n_splits,
 
 # %% ../nbs/06_triton_decode.ipynb #41f2e2c4
 def num_splits_for(batch: int, kv_heads: int, max_len: int, block_n: int, target_programs: int) -> int:
-    "Splits per sequence so that `batch * kv_heads * splits` programs fill the GPU, each with >= 2 tiles of keys."
-    if batch * kv_heads >= target_programs: return 1
+    """Splits per sequence so that `batch * kv_heads * splits` programs fill the GPU,
+    each with >= 2 tiles of keys.
+    """
+    if batch * kv_heads >= target_programs:
+        return 1
     return max(1, min(-(-target_programs // (batch * kv_heads)), max_len // (2 * block_n)))
 
 # %% ../nbs/06_triton_decode.ipynb #1b3d804f
 _TARGET_PROGRAMS = {}
+
 
 def _target_programs(device) -> int:
     "Two programs per multiprocessor (a CPU interpreter run gets a small number)."
@@ -103,18 +134,26 @@ def _target_programs(device) -> int:
         _TARGET_PROGRAMS[device] = 2 * torch.cuda.get_device_properties(device).multi_processor_count
     return _TARGET_PROGRAMS[device]
 
-def paged_decode(q: torch.Tensor,          # [B, num_heads, head_dim] one query per row
-                 cache: PagedKVCache, layer: int,
-                 q_seq: torch.Tensor,      # [B] int32 sequence of each row (any value for padding)
-                 q_pos: torch.Tensor,      # [B] int32 position of each query (-1: padding, output 0)
-                 max_len: int, scale: float | None = None,
-                 block_n: int = 64, num_warps: int = 4, num_stages: int = 2, num_splits: int | None = None) -> torch.Tensor:
+
+def paged_decode(
+    q: torch.Tensor,  # [B, num_heads, head_dim] one query per row
+    cache: PagedKVCache,
+    layer: int,
+    q_seq: torch.Tensor,  # [B] int32 sequence of each row (any value for padding)
+    q_pos: torch.Tensor,  # [B] int32 position of each query (-1: padding, output 0)
+    max_len: int,
+    scale: float | None = None,
+    block_n: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
+    num_splits: int | None = None,
+) -> torch.Tensor:
     "Split-KV paged decode attention straight from the block tables. Returns `[B, num_heads, head_dim]`."
     B, H, D = q.shape
     check_triton_head_dim(D)
     KV = cache.num_kv_heads
     G = H // KV
-    k, v = cache.k[layer], cache.v[layer]                          # [num_pages, page_size, kv_heads, D]
+    k, v = cache.k[layer], cache.v[layer]  # [num_pages, page_size, kv_heads, D]
     splits = num_splits or num_splits_for(B, KV, max_len, block_n, _target_programs(q.device))
     tokens_per_split = -(-max(max_len, 1) // (splits * block_n)) * block_n
     out = torch.empty_like(q)
@@ -124,12 +163,35 @@ def paged_decode(q: torch.Tensor,          # [B, num_heads, head_dim] one query 
         ml = torch.empty(B * H * splits * 2, dtype=torch.float32, device=q.device)
     scale = scale if scale is not None else 1.0 / math.sqrt(D)
     _decode_split_kernel[(B, KV, splits)](
-        q, k, v, cache.block_table, q_seq, q_pos, acc, ml, out,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), cache.block_table.stride(0),
-        tokens_per_split, scale,
-        G=G, G_PAD=max(16, triton.next_power_of_2(G)), D=D, P=cache.page_size, BLOCK_N=block_n,
-        SINGLE=splits == 1, IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages)
+        q,
+        k,
+        v,
+        cache.block_table,
+        q_seq,
+        q_pos,
+        acc,
+        ml,
+        out,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        cache.block_table.stride(0),
+        tokens_per_split,
+        scale,
+        G=G,
+        G_PAD=max(16, triton.next_power_of_2(G)),
+        D=D,
+        P=cache.page_size,
+        BLOCK_N=block_n,
+        SINGLE=splits == 1,
+        IEEE=q.dtype == torch.float32,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
     if splits > 1:
-        _decode_combine_kernel[(B, H)](acc, ml, out, out.stride(0), out.stride(1), splits,
-                                       H=H, D=D, S_PAD=triton.next_power_of_2(splits))
+        _decode_combine_kernel[(B, H)](
+            acc, ml, out, out.stride(0), out.stride(1), splits, H=H, D=D, S_PAD=triton.next_power_of_2(splits)
+        )
     return out
