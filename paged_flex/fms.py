@@ -26,49 +26,68 @@ __all__ = ['ATTN_NAME', 'SUPPORTED_ROPE', 'paged_step', 'paged_kv_states', 'pool
 def _check_positions(cache: PagedKVCache, ids: torch.Tensor, pos: torch.Tensor) -> None:
     "Every position reserved for its sequence, and no (sequence, position) twice."
     for s in ids.unique().tolist():
-        p, n = pos[ids == s], cache.length(s)                              # KeyError for an unknown sequence
+        p, n = pos[ids == s], cache.length(s)  # KeyError for an unknown sequence
         if p.min() < 0 or p.max() >= n:
-            raise ValueError(f"sequence {s} has positions {p.min().item()}..{p.max().item()} but {n} reserved "
-                             f"tokens: reserve() up to the last position + 1 first")
+            raise ValueError(
+                f"sequence {s} has positions {p.min().item()}..{p.max().item()} but {n} reserved "
+                f"tokens: reserve() up to the last position + 1 first"
+            )
     span = int(pos.max()) + 1
-    pairs, counts = (ids.long() * span + pos).unique(return_counts=True)     # one slot per (sequence, position)
+    pairs, counts = (ids.long() * span + pos).unique(return_counts=True)  # one slot per (sequence, position)
     if (counts > 1).any():
         twice = pairs[counts > 1][0].item()
         raise ValueError(f"sequence {twice // span} has position {twice % span} twice in one step")
 
-def paged_step(cache: PagedKVCache, seq_ids, positions, backend: str = "auto", check: bool = True) -> PagedStep:
-    "Check packed (sequence, position) pairs against the block tables; build their slots and attention metadata."
+
+def paged_step(
+    cache: PagedKVCache, seq_ids, positions, backend: str = "auto", check: bool = True
+) -> PagedStep:
+    """Check packed (sequence, position) pairs against the block tables;
+    build their slots and attention metadata.
+    """
     ids, pos = torch.as_tensor(seq_ids).cpu(), torch.as_tensor(positions).cpu()
     if ids.ndim != 1 or pos.shape != ids.shape or len(ids) == 0:
-        raise ValueError(f"seq_ids and positions must be 1-D, non-empty and of one length, got shapes "
-                         f"{list(ids.shape)} and {list(pos.shape)}")
+        raise ValueError(
+            f"seq_ids and positions must be 1-D, non-empty and of one length, got shapes "
+            f"{list(ids.shape)} and {list(pos.shape)}"
+        )
     if ids.is_floating_point() or pos.is_floating_point() or torch.bool in (ids.dtype, pos.dtype):
         raise ValueError(f"seq_ids and positions must be integers, got {ids.dtype} and {pos.dtype}")
-    decode = len(ids.unique()) == len(ids)                                  # one token per sequence
-    name = select_backend(cache, decode, backend)                            # the registry decides, once per step
-    if check:                                                                # the engine's scheduler guarantees them
+    decode = len(ids.unique()) == len(ids)  # one token per sequence
+    name = select_backend(cache, decode, backend)  # the registry decides, once per step
+    if check:  # the engine's scheduler guarantees them
         _check_positions(cache, ids, pos)
     return attention_step(cache, ids, pos, name, decode)
 
 # %% ../nbs/09_fms.ipynb #70986819
 def paged_kv_states(cache: PagedKVCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    "FMS's `past_key_value_states` for the cache: layer i's K and V pools `[num_pages, page_size, kv_heads, head_dim]`."
+    """FMS's `past_key_value_states` for the cache:
+    layer i's K and V pools `[num_pages, page_size, kv_heads, head_dim]`.
+    """
     return [(cache.k[i], cache.v[i]) for i in range(cache.num_layers)]
+
 
 def pool_layer(cache: PagedKVCache, pool: torch.Tensor) -> int:
     "The layer whose K or V pool `pool` is: its offset in the cache's tensor, in whole layers."
-    for whole in (cache.k, cache.v):                                         # [layers, num_pages, page_size, kv_heads, head_dim]
-        if (isinstance(pool, torch.Tensor) and pool.shape == whole.shape[1:]
-                and pool.untyped_storage().data_ptr() == whole.untyped_storage().data_ptr()):
+    for whole in (cache.k, cache.v):  # [layers, num_pages, page_size, kv_heads, head_dim]
+        if (
+            isinstance(pool, torch.Tensor)
+            and pool.shape == whole.shape[1:]
+            and pool.untyped_storage().data_ptr() == whole.untyped_storage().data_ptr()
+        ):
             return pool.storage_offset() // whole.stride(0)
     got = list(pool.shape) if isinstance(pool, torch.Tensor) else type(pool).__name__
-    raise ValueError(f"expected one layer's pool {list(cache.k.shape[1:])} of the paged cache "
-                     f"(past_key_value_states=paged_kv_states(cache), use_cache=True), got {got}")
+    raise ValueError(
+        f"expected one layer's pool {list(cache.k.shape[1:])} of the paged cache "
+        f"(past_key_value_states=paged_kv_states(cache), use_cache=True), got {got}"
+    )
 
 # %% ../nbs/09_fms.ipynb #260550eb
 class PagedAttentionKwargs(AttentionKwargs):
     "The attention kwargs of `attn_name='paged_flex'`."
+
     paged_step: PagedStep
+
 
 def _store(keys, values, key_cache, value_cache, paged_step: PagedStep, **_):
     "ASSIGN the step's keys and values `[1, tokens, kv_heads, head_dim]` into this layer's pages."
@@ -76,47 +95,74 @@ def _store(keys, values, key_cache, value_cache, paged_step: PagedStep, **_):
     cache.write(pool_layer(cache, key_cache), paged_step.slots, keys[0], values[0])
     return key_cache, value_cache, key_cache, value_cache
 
-def _attend(query, key_cache, value_cache, nheads, kvheads, p_dropout, scale_factor, paged_step: PagedStep, **_):
+
+def _attend(
+    query, key_cache, value_cache, nheads, kvheads, p_dropout, scale_factor, paged_step: PagedStep, **_
+):
     "Paged attention of the step's queries `[1, tokens, heads, head_dim]` over this layer's pages."
     layer = pool_layer(paged_step.cache, key_cache)
-    return attend(query[0], paged_step, layer, scale_factor).unsqueeze(0)   # [1, tokens, heads, head_dim]
+    return attend(query[0], paged_step, layer, scale_factor).unsqueeze(0)  # [1, tokens, heads, head_dim]
+
 
 def _is_prefill(paged_step: PagedStep, **_) -> bool:
     return not paged_step.meta.decode
 
+
 def _validate(input_ids, position_ids, past_key_value_states=None, **attn_kwargs) -> None:
     "Host-side checks of one forward call (no device sync)."
     step = attn_kwargs.get("paged_step")
-    if type(step).__name__ != "PagedStep":            # by name: a re-run notebook defines the class anew
-        raise ValueError(f"attn_name='paged_flex' needs paged_step=paged_step(cache, seq_ids, positions), "
-                         f"got {type(step).__name__}")
+    if type(step).__name__ != "PagedStep":  # by name: a re-run notebook defines the class anew
+        raise ValueError(
+            f"attn_name='paged_flex' needs paged_step=paged_step(cache, seq_ids, positions), "
+            f"got {type(step).__name__}"
+        )
     n = len(step.seq_ids)
     if input_ids.numel() != n or position_ids is None or position_ids.shape != input_ids.shape:
-        raise ValueError(f"input_ids {list(input_ids.shape)} and position_ids "
-                         f"{None if position_ids is None else list(position_ids.shape)} must both hold the step's {n} tokens")
+        raise ValueError(
+            f"input_ids {list(input_ids.shape)} and position_ids "
+            f"{None if position_ids is None else list(position_ids.shape)} must both hold the step's {n} "
+            f"tokens"
+        )
     states = past_key_value_states or []
-    if len(states) != step.cache.num_layers or any(pool_layer(step.cache, k) != i or pool_layer(step.cache, v) != i
-                                                    for i, (k, v) in enumerate(states)):
-        raise ValueError("past_key_value_states must be paged_kv_states(cache) of the step's cache, one pair per layer")
+    if len(states) != step.cache.num_layers or any(
+        pool_layer(step.cache, k) != i or pool_layer(step.cache, v) != i for i, (k, v) in enumerate(states)
+    ):
+        raise ValueError(
+            "past_key_value_states must be paged_kv_states(cache) of the step's cache, one pair per layer"
+        )
+
 
 def _next_kwargs(**attn_kwargs):
     "FMS's `generate` would reuse the step: refuse."
-    raise NotImplementedError("each forward needs its own paged_step (pages reserved, new metadata): "
-                              "use paged_flex.fms.generate, not FMS's generate loop")
+    raise NotImplementedError(
+        "each forward needs its own paged_step (pages reserved, new metadata): "
+        "use paged_flex.fms.generate, not FMS's generate loop"
+    )
 
 # %% ../nbs/09_fms.ipynb #d0737250
 ATTN_NAME = "paged_flex"
-for _op in (_store, _attend, _is_prefill, _validate, _next_kwargs): _op.paged_flex = True
+for _op in (_store, _attend, _is_prefill, _validate, _next_kwargs):
+    _op.paged_flex = True
+
 
 def register_paged_attention(attn_name: str = ATTN_NAME) -> None:
     "Register paged_flex's ops with FMS as `attn_name`, once per process; later calls only check the name."
-    try: ops = get_attention_type(attn_name=attn_name)
+    try:
+        ops = get_attention_type(attn_name=attn_name)
     except KeyError:
-        register_attention_op(attn_name, _store, _attend, is_prefill_op=_is_prefill, compute_decode_op=_attend,
-                              update_attn_kwargs_op=_next_kwargs, validate_attn_kwargs_op=_validate)
+        register_attention_op(
+            attn_name,
+            _store,
+            _attend,
+            is_prefill_op=_is_prefill,
+            compute_decode_op=_attend,
+            update_attn_kwargs_op=_next_kwargs,
+            validate_attn_kwargs_op=_validate,
+        )
         return
     if not getattr(ops["store"], "paged_flex", False):
         raise ValueError(f"FMS attention op {attn_name!r} is already registered by {ops['store'].__module__}")
+
 
 register_paged_attention()
 
@@ -126,40 +172,65 @@ def model_kv_shape(model) -> tuple[int, int, int]:
     c = model.config
     return c.nlayers, c.kvheads or c.nheads, c.emb_dim // c.nheads
 
-def paged_cache_for(model, num_pages: int, page_size: int = 16, max_seqs: int = 256,
-                    max_seq_len: int | None = None) -> PagedKVCache:
+
+def paged_cache_for(
+    model, num_pages: int, page_size: int = 16, max_seqs: int = 256, max_seq_len: int | None = None
+) -> PagedKVCache:
     "A `PagedKVCache` shaped for FMS `model`, on its device and in its dtype."
     p = next(model.parameters())
-    return PagedKVCache(*model_kv_shape(model), num_pages, page_size, dtype=p.dtype, device=p.device,
-                        max_seqs=max_seqs, max_seq_len=max_seq_len or model.config.max_expected_seq_len)
+    return PagedKVCache(
+        *model_kv_shape(model),
+        num_pages,
+        page_size,
+        dtype=p.dtype,
+        device=p.device,
+        max_seqs=max_seqs,
+        max_seq_len=max_seq_len or model.config.max_expected_seq_len,
+    )
+
 
 def check_cache_fits(model, cache: PagedKVCache) -> None:
-    "A `ValueError` naming both sides unless `cache` holds `model`'s layers, KV heads, head size, dtype and device."
+    """A `ValueError` naming both sides unless `cache` holds `model`'s layers, KV heads, head size,
+    dtype and device.
+    """
     p = next(model.parameters())
-    device = lambda d: torch.empty(0, device=d).device                       # 'cuda' -> 'cuda:0'
+    device = lambda d: torch.empty(0, device=d).device  # 'cuda' -> 'cuda:0'
     want = (*model_kv_shape(model), p.dtype, device(p.device))
     got = (cache.num_layers, cache.num_kv_heads, cache.head_dim, cache.dtype, device(cache.device))
     if want != got:
-        raise ValueError(f"cache (layers, kv_heads, head_dim, dtype, device) = {got} does not fit the model's {want}")
+        raise ValueError(
+            f"cache (layers, kv_heads, head_dim, dtype, device) = {got} does not fit the model's {want}"
+        )
+
 
 def paged_attn_kwargs(step: PagedStep) -> PagedAttentionKwargs:
     "The attention kwargs that run FMS's layers on `step`."
     return {"attn_name": ATTN_NAME, "paged_step": step}
 
+
 def paged_forward(model, input_ids, step: PagedStep, last_n_tokens: int = 0) -> torch.Tensor:
     "FMS `model` on one packed step: `input_ids` `[tokens]` -> logits `[tokens or last_n_tokens, vocab]`."
     check_cache_fits(model, step.cache)
-    if step.meta.max_len > model.config.max_expected_seq_len:                   # RoPE's table ends there
-        raise ValueError(f"position {step.meta.max_len - 1} is past the model's max_expected_seq_len="
-                         f"{model.config.max_expected_seq_len}")
-    ids = torch.as_tensor(input_ids, device=step.cache.device).view(1, -1)              # [1, tokens]
+    if step.meta.max_len > model.config.max_expected_seq_len:  # RoPE's table ends there
+        raise ValueError(
+            f"position {step.meta.max_len - 1} is past the model's max_expected_seq_len="
+            f"{model.config.max_expected_seq_len}"
+        )
+    ids = torch.as_tensor(input_ids, device=step.cache.device).view(1, -1)  # [1, tokens]
     with torch.no_grad():
-        logits, _ = model(ids, position_ids=step.positions.view(1, -1), past_key_value_states=paged_kv_states(step.cache),
-                          use_cache=True, last_n_tokens=last_n_tokens, **paged_attn_kwargs(step))
+        logits, _ = model(
+            ids,
+            position_ids=step.positions.view(1, -1),
+            past_key_value_states=paged_kv_states(step.cache),
+            use_cache=True,
+            last_n_tokens=last_n_tokens,
+            **paged_attn_kwargs(step),
+        )
     return logits[0]
 
 # %% ../nbs/09_fms.ipynb #b6922372
 SUPPORTED_ROPE = ("default", "llama3")
+
 
 def fms_rope_scaling(hf_config) -> dict:
     "FMS's `rope_scaling` for a HF LLaMA config (transformers 4's `rope_scaling` or 5's `rope_parameters`)."
@@ -167,62 +238,107 @@ def fms_rope_scaling(hf_config) -> dict:
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind not in SUPPORTED_ROPE:
         raise ValueError(f"rope_type {kind!r} is not supported by FMS's LLaMA; supported: {SUPPORTED_ROPE}")
-    if kind == "default": return {}
+    if kind == "default":
+        return {}
     keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
     return {"rope_type": "llama3", **{k: rope[k] for k in keys}}
+
 
 def check_llama_folder(folder) -> tuple[Path, LlamaConfig]:
     "The folder and its config, or an error saying what is missing or unsupported."
     folder = Path(folder).expanduser()
-    if not folder.is_dir(): raise FileNotFoundError(f"no model folder at {str(folder)!r}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no model folder at {str(folder)!r}")
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{str(folder)!r} has no config.json: expected a Hugging Face checkpoint folder "
-                                f"(config.json, *.safetensors, tokenizer files)")
+        raise FileNotFoundError(
+            f"{str(folder)!r} has no config.json: expected a Hugging Face checkpoint folder "
+            f"(config.json, *.safetensors, tokenizer files)"
+        )
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
         raise FileNotFoundError(f"{str(folder)!r} has no weights (*.safetensors or pytorch_model*.bin)")
     config = AutoConfig.from_pretrained(folder)
-    if config.model_type != "llama": raise ValueError(f"{str(folder)!r} holds a {config.model_type!r} model, not 'llama'")
+    if config.model_type != "llama":
+        raise ValueError(f"{str(folder)!r} holds a {config.model_type!r} model, not 'llama'")
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if head_dim * config.num_attention_heads != config.hidden_size:
-        raise ValueError(f"head_dim={head_dim} x {config.num_attention_heads} heads != hidden_size={config.hidden_size}: "
-                         f"FMS's LLaMA needs head_dim = hidden_size / num_heads")
+        raise ValueError(
+            f"head_dim={head_dim} x {config.num_attention_heads} heads != hidden_size={config.hidden_size}: "
+            f"FMS's LLaMA needs head_dim = hidden_size / num_heads"
+        )
     fms_rope_scaling(config)
     return folder, config
 
+
 def load_llama(folder, device=None, dtype: torch.dtype | None = None):
-    "`(model, tokenizer)`: FMS's `LLaMA` from a local HF LLaMA folder, and its tokenizer (None if it has none)."
+    """`(model, tokenizer)`: FMS's `LLaMA` from a local HF LLaMA folder,
+    and its tokenizer (None if it has none).
+    """
     folder, config = check_llama_folder(folder)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    model = get_model("hf_pretrained", model_path=str(folder), device_type=device.type, data_type=dtype,
-                      rope_scaling=fms_rope_scaling(config), override_hf_pretrained_config=True)
-    has_tokenizer = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
+    model = get_model(
+        "hf_pretrained",
+        model_path=str(folder),
+        device_type=device.type,
+        data_type=dtype,
+        rope_scaling=fms_rope_scaling(config),
+        override_hf_pretrained_config=True,
+    )
+    has_tokenizer = any(
+        (folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+    )
     return model.to(device).eval(), AutoTokenizer.from_pretrained(folder) if has_tokenizer else None
 
 # %% ../nbs/09_fms.ipynb #a66073f9
 def save_random_llama(folder, seed: int = 0, tokenizer: bool = True, **config) -> Path:
-    "Write a random small HF LLaMA (GQA: 4 heads, 2 KV heads) and a tiny tokenizer to `folder`; `config` overrides."
-    cfg = dict(vocab_size=300, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
-               pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    """Write a random small HF LLaMA (GQA: 4 heads, 2 KV heads) and a tiny tokenizer to `folder`;
+    `config` overrides.
+    """
+    cfg = dict(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(**{**cfg, **config}))
     model.save_pretrained(folder)
     if tokenizer:
         bpe = ByteLevelBPETokenizer()
-        bpe.train_from_iterator(["Once upon a time, there was a little girl who loved paged attention.",
-                                 "The cache holds pages of keys and values for every layer."],
-                                vocab_size=model.config.vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
-                                show_progress=False)
-        PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", bos_token="<s>",
-                                eos_token="</s>").save_pretrained(folder)
+        bpe.train_from_iterator(
+            [
+                "Once upon a time, there was a little girl who loved paged attention.",
+                "The cache holds pages of keys and values for every layer.",
+            ],
+            vocab_size=model.config.vocab_size,
+            special_tokens=["<pad>", "<s>", "</s>"],
+            show_progress=False,
+        )
+        PreTrainedTokenizerFast(
+            tokenizer_object=bpe._tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+        ).save_pretrained(folder)
     return Path(folder)
 
 # %% ../nbs/09_fms.ipynb #e9e571f2
-def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-           generator: torch.Generator | None = None) -> torch.Tensor:
-    "Next token `[batch]` for each row of `logits` `[batch, vocab]`: greedy at temperature 0, else top-k / top-p sampling."
-    if temperature == 0: return logits.argmax(-1)
+def sample(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next token `[batch]` for each row of `logits` `[batch, vocab]`: greedy at temperature 0,
+    else top-k / top-p sampling.
+    """
+    if temperature == 0:
+        return logits.argmax(-1)
     logits = logits.float() / temperature
     if top_k is not None:
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
@@ -230,13 +346,15 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = N
     if top_p is not None:
         sorted_logits, order = logits.sort(-1, descending=True)
         probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs > top_p                                # tokens after the top_p mass is reached
+        drop = probs.cumsum(-1) - probs > top_p  # tokens after the top_p mass is reached
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
 # %% ../nbs/09_fms.ipynb #a36c18a7
 def check_sampling(temperature, top_k, top_p) -> None:
-    "A `ValueError` naming the bad value unless temperature >= 0, top_k a positive int or None, top_p in (0, 1] or None."
+    """A `ValueError` naming the bad value unless temperature >= 0, top_k a positive int or None,
+    top_p in (0, 1] or None.
+    """
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
         raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
     if top_k is not None:
@@ -244,12 +362,14 @@ def check_sampling(temperature, top_k, top_p) -> None:
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
+
 def _eos_ids(eos_token_id, tokenizer) -> set[int]:
     if eos_token_id is None:
         eos_token_id = getattr(tokenizer, "eos_token_id", None)
     if eos_token_id is None:
         return set()
     return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+
 
 def encode_prompts(prompts, tokenizer) -> list[list[int]]:
     "Token-id lists of a non-empty list of prompts, each a string (needs `tokenizer`) or a list of token ids."
@@ -266,43 +386,73 @@ def encode_prompts(prompts, tokenizer) -> list[list[int]]:
         out.append([int(t) for t in p])
     return out
 
-def generate(model, tokenizer, prompts, cache: PagedKVCache, max_new_tokens: int = 64, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             eos_token_id: int | list[int] | None = None, backend: str = "auto", progress: bool = False) -> list[list[int]]:
-    "New token ids for each prompt (strings or token-id lists): packed prefill, then batched decode over `cache`."
+
+def generate(
+    model,
+    tokenizer,
+    prompts,
+    cache: PagedKVCache,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    eos_token_id: int | list[int] | None = None,
+    backend: str = "auto",
+    progress: bool = False,
+) -> list[list[int]]:
+    """New token ids for each prompt (strings or token-id lists): packed prefill,
+    then batched decode over `cache`.
+    """
     check_positive_int("max_new_tokens", max_new_tokens)
     check_sampling(temperature, top_k, top_p)
     check_cache_fits(model, cache)
     prompts, eos = encode_prompts(prompts, tokenizer), _eos_ids(eos_token_id, tokenizer)
-    longest, limit = max(map(len, prompts)) + max_new_tokens, min(cache.max_seq_len, model.config.max_expected_seq_len)
+    longest, limit = (
+        max(map(len, prompts)) + max_new_tokens,
+        min(cache.max_seq_len, model.config.max_expected_seq_len),
+    )
     if longest > limit:
-        raise ValueError(f"the longest prompt plus max_new_tokens is {longest} tokens; the model and cache allow "
-                         f"{limit} (max_expected_seq_len={model.config.max_expected_seq_len}, max_seq_len={cache.max_seq_len})")
+        raise ValueError(
+            f"the longest prompt plus max_new_tokens is {longest} tokens; the model and cache allow "
+            f"{limit} (max_expected_seq_len={model.config.max_expected_seq_len}, "
+            f"max_seq_len={cache.max_seq_len})"
+        )
     free_ids = [s for s in range(cache.max_seqs) if s not in cache]
     if len(free_ids) < len(prompts):
         raise ValueError(f"{len(prompts)} prompts, but the cache has room for {len(free_ids)} more sequences")
-    seqs = dict(zip(free_ids, prompts))                                        # seq_id -> its tokens so far
-    new = {s: [] for s in seqs}                                                # seq_id -> generated tokens
+    seqs = dict(zip(free_ids, prompts))  # seq_id -> its tokens so far
+    new = {s: [] for s in seqs}  # seq_id -> generated tokens
     gen = torch.Generator(cache.device).manual_seed(seed) if seed is not None else None
     bar = tqdm(total=max_new_tokens, disable=not progress, desc="generate")
     try:
-        for s, p in seqs.items(): cache.reserve(s, len(p))
-        order = [(s, i) for s, p in seqs.items() for i in range(len(p) - 1)] + [(s, len(p) - 1) for s, p in seqs.items()]
+        for s, p in seqs.items():
+            cache.reserve(s, len(p))
+        order = [(s, i) for s, p in seqs.items() for i in range(len(p) - 1)] + [
+            (s, len(p) - 1) for s, p in seqs.items()
+        ]
         step = paged_step(cache, [s for s, _ in order], [i for _, i in order], backend)
-        logits = paged_forward(model, [seqs[s][i] for s, i in order], step, last_n_tokens=len(seqs))   # [seqs, vocab]
+        logits = paged_forward(
+            model, [seqs[s][i] for s, i in order], step, last_n_tokens=len(seqs)
+        )  # [seqs, vocab]
         live = list(seqs)
         while live:
             bar.update(1)
             for s, t in zip(live, sample(logits, temperature, top_k, top_p, gen).tolist()):
-                seqs[s].append(t); new[s].append(t)
-                if t in eos or len(new[s]) == max_new_tokens: cache.free(s)   # done: its pages go back now
+                seqs[s].append(t)
+                new[s].append(t)
+                if t in eos or len(new[s]) == max_new_tokens:
+                    cache.free(s)  # done: its pages go back now
             live = [s for s in live if s in cache]
-            if not live: break
-            for s in live: cache.reserve(s, len(seqs[s]))
+            if not live:
+                break
+            for s in live:
+                cache.reserve(s, len(seqs[s]))
             step = paged_step(cache, live, [len(seqs[s]) - 1 for s in live], backend)
-            logits = paged_forward(model, [seqs[s][-1] for s in live], step)    # [live, vocab]
+            logits = paged_forward(model, [seqs[s][-1] for s in live], step)  # [live, vocab]
     finally:
         bar.close()
         for s in seqs:
-            if s in cache: cache.free(s)
+            if s in cache:
+                cache.free(s)
     return [new[s] for s in seqs]

@@ -14,7 +14,8 @@ from .backends import TRITON_INTERPRETED, triton_available
 __all__ = ['FusedRMSNorm', 'FusedGatedLinearUnit', 'FusedRotaryEmbedding', 'fuse_llama']
 
 # %% ../nbs/09c_fuse_llama.ipynb #b41da8bf
-_TRITON = triton_available()   # asked once
+_TRITON = triton_available()  # asked once
+
 
 def _kernels_for(x: torch.Tensor) -> bool:
     "Whether the fused kernels run on `x`: a CUDA tensor, or Triton's CPU interpreter; Triton installed."
@@ -23,12 +24,19 @@ def _kernels_for(x: torch.Tensor) -> bool:
 # %% ../nbs/09c_fuse_llama.ipynb #581f1de7
 class FusedRMSNorm(LayerNormParameterized):
     "FMS's RMSNorm (`use_mean=False`, scale, no shift, float32 pow) through one kernel."
+
     @classmethod
     def from_fms(cls, norm: LayerNormParameterized) -> FusedRMSNorm:
         "The fused module sharing `norm`'s weight `[emb_dim]`."
         with torch.device("meta"):
-            fused = cls(norm.normalized_shape, eps=norm.eps, elementwise_scale=True, elementwise_shift=False,
-                        use_mean=False, use_high_precision_pow=True)
+            fused = cls(
+                norm.normalized_shape,
+                eps=norm.eps,
+                elementwise_scale=True,
+                elementwise_shift=False,
+                use_mean=False,
+                use_high_precision_pow=True,
+            )
         fused.weight = norm.weight
         return fused.train(norm.training)
 
@@ -36,17 +44,27 @@ class FusedRMSNorm(LayerNormParameterized):
         if not _kernels_for(x):
             return super().forward(x)
         from paged_flex.fused_kernels import rms_norm
+
         return rms_norm(x, self.weight, self.eps)
 
 # %% ../nbs/09c_fuse_llama.ipynb #bce50af5
 class FusedGatedLinearUnit(GatedLinearUnit):
     "FMS's fused-projection SwiGLU with `silu(gate) * up` in one kernel."
+
     @classmethod
     def from_fms(cls, glu: GatedLinearUnit) -> FusedGatedLinearUnit:
         "The fused module sharing `glu`'s projections (`wg1_fused`, `w2`)."
-        with torch.device("meta"):                   # as FMS's own unfuse_weights: no memory for the placeholders
-            fused = cls(glu.width, glu.grow_factor, glu.multiple_of, glu.a, glu.p_dropout, glu.use_bias,
-                        fused=True, linear_config=glu.linear_config)
+        with torch.device("meta"):  # as FMS's own unfuse_weights: no memory for the placeholders
+            fused = cls(
+                glu.width,
+                glu.grow_factor,
+                glu.multiple_of,
+                glu.a,
+                glu.p_dropout,
+                glu.use_bias,
+                fused=True,
+                linear_config=glu.linear_config,
+            )
         fused.wg1_fused, fused.w2 = glu.wg1_fused, glu.w2
         return fused.train(glu.training)
 
@@ -54,27 +72,35 @@ class FusedGatedLinearUnit(GatedLinearUnit):
         if not _kernels_for(x):
             return super().forward(x)
         from paged_flex.fused_kernels import silu_mul
+
         return self.w2(silu_mul(self.wg1_fused(x)))
 
 # %% ../nbs/09c_fuse_llama.ipynb #172526ac
 class FusedRotaryEmbedding(PositionEncoder):
     "FMS's `RotaryEmbedding`, rotating q and k `[1, tokens, heads, head_dim]` in place by one kernel."
+
     def __init__(self, rotary: RotaryEmbedding, max_len: int):
         self.rotary, self.max_len = rotary, max_len
-        self.tables: dict = {}       # device -> (cos, sin), each [max_len, head_dim/2] float32
+        self.tables: dict = {}  # device -> (cos, sin), each [max_len, head_dim/2] float32
 
     def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         "cos and sin from FMS's rotation table, built once per device."
         if device not in self.tables or self.tables[device][0].shape[0] < self.max_len:
             alpha = self.rotary.compute_freqs_cis(device, self.max_len)
-            freqs = self.rotary.cached_freqs[device.index][alpha]        # [len, head_dim/2, 2, 2]: [[cos, -sin], [sin, cos]]
-            self.tables[device] = (freqs[:, :, 0, 0].float().contiguous(), freqs[:, :, 1, 0].float().contiguous())
+            freqs = self.rotary.cached_freqs[device.index][
+                alpha
+            ]  # [len, head_dim/2, 2, 2]: [[cos, -sin], [sin, cos]]
+            self.tables[device] = (
+                freqs[:, :, 0, 0].float().contiguous(),
+                freqs[:, :, 1, 0].float().contiguous(),
+            )
         return self.tables[device]
 
     def adjusted_qk(self, q, k, position_ids=None, past_kv_state=None, use_cache=False):
         if position_ids is None or not _kernels_for(q) or q.shape[0] != 1:
             return self.rotary.adjusted_qk(q, k, position_ids, past_kv_state, use_cache)
         from paged_flex.fused_kernels import rope_
+
         cos, sin = self._tables(q.device)
         rope_(q[0], k[0], position_ids.reshape(-1), cos, sin)
         return q, k
@@ -82,25 +108,43 @@ class FusedRotaryEmbedding(PositionEncoder):
 # %% ../nbs/09c_fuse_llama.ipynb #b52a4370
 def _fusable(m) -> str | None:
     "Which fused module replaces `m`, if any."
-    if (isinstance(m, LayerNormParameterized) and not isinstance(m, FusedRMSNorm) and not m.use_mean
-            and m.elementwise_scale and not m.elementwise_shift and m.use_high_precision_pow):
+    if (
+        isinstance(m, LayerNormParameterized)
+        and not isinstance(m, FusedRMSNorm)
+        and not m.use_mean
+        and m.elementwise_scale
+        and not m.elementwise_shift
+        and m.use_high_precision_pow
+    ):
         return "rms_norm"
-    if (isinstance(m, GatedLinearUnit) and not isinstance(m, FusedGatedLinearUnit) and m.fused
-            and isinstance(m.a, torch.nn.SiLU) and not m.p_dropout):
+    if (
+        isinstance(m, GatedLinearUnit)
+        and not isinstance(m, FusedGatedLinearUnit)
+        and m.fused
+        and isinstance(m.a, torch.nn.SiLU)
+        and not m.p_dropout
+    ):
         return "swiglu"
     if isinstance(m, RotaryEmbedding) and m.partial_rope == 1.0 and m.rope_type in ("regular", "llama3"):
         return "rope"
     return None
 
+
 def fuse_llama(model) -> dict:
-    "Replace FMS LLaMA's RMSNorms, SwiGLU feed-forwards and rotary embedding by the fused modules, in place; counts them."
+    """Replace FMS LLaMA's RMSNorms, SwiGLU feed-forwards and rotary embedding by the fused modules,
+    in place; counts them.
+    """
     done = {"rms_norm": 0, "swiglu": 0, "rope": 0}
-    ropes = {}                                             # id(FMS encoder) -> its replacement, shared as before
+    ropes = {}  # id(FMS encoder) -> its replacement, shared as before
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             kind = _fusable(child)
             if kind is not None:
-                setattr(parent, name, (FusedRMSNorm if kind == "rms_norm" else FusedGatedLinearUnit).from_fms(child))
+                setattr(
+                    parent,
+                    name,
+                    (FusedRMSNorm if kind == "rms_norm" else FusedGatedLinearUnit).from_fms(child),
+                )
                 done[kind] += 1
         enc = getattr(parent, "position_encoder", None)
         if _fusable(enc) == "rope":

@@ -23,19 +23,25 @@ def _rms_norm_kernel(X, W, Y, stride_x, stride_y, N, eps, BLOCK: tl.constexpr):
     w = tl.load(W + cols, mask=ok, other=0.0)
     tl.store(Y + row * stride_y + cols, (w.to(tl.float32) * y.to(tl.float32)).to(Y.dtype.element_ty), mask=ok)
 
-def rms_norm(x: torch.Tensor,       # [..., N] activations
-             weight: torch.Tensor,  # [N] scale
-             eps: float) -> torch.Tensor:
+
+def rms_norm(
+    x: torch.Tensor,  # [..., N] activations
+    weight: torch.Tensor,  # [N] scale
+    eps: float,
+) -> torch.Tensor:
     "`weight * x / sqrt(mean(x**2) + eps)` over the last dimension, one kernel."
     N = x.shape[-1]
-    if weight.shape != (N,): raise ValueError(f"weight must have shape [{N}], got {list(weight.shape)}")
+    if weight.shape != (N,):
+        raise ValueError(f"weight must have shape [{N}], got {list(weight.shape)}")
     x2 = x.reshape(-1, N)
-    if x2.stride(-1) != 1: x2 = x2.contiguous()
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
     y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
     if x2.shape[0]:
         BLOCK = triton.next_power_of_2(N)
-        _rms_norm_kernel[(x2.shape[0],)](x2, weight, y, x2.stride(0), y.stride(0), N, eps, BLOCK=BLOCK,
-                                         num_warps=4 if BLOCK <= 1024 else 8)
+        _rms_norm_kernel[(x2.shape[0],)](
+            x2, weight, y, x2.stride(0), y.stride(0), N, eps, BLOCK=BLOCK, num_warps=4 if BLOCK <= 1024 else 8
+        )
     return y.view(x.shape)
 
 # %% ../nbs/09b_fused.ipynb #e67ce978
@@ -45,38 +51,79 @@ def _rotate_heads(X, t, stride_t, stride_h, c, s, d, NH: tl.constexpr, NH_PAD: t
     h = tl.arange(0, NH_PAD)[:, None]
     row = X + t * stride_t + h * stride_h
     x = tl.load(row + d, mask=h < NH, other=0.0).to(tl.float32)
-    partner = tl.load(row + (d ^ 1), mask=h < NH, other=0.0).to(tl.float32)   # the pair's other half: same cache lines
-    tl.debug_barrier()                                             # in place: every thread has read before any writes
+    partner = tl.load(row + (d ^ 1), mask=h < NH, other=0.0).to(
+        tl.float32
+    )  # the pair's other half: same cache lines
+    tl.debug_barrier()  # in place: every thread has read before any writes
     tl.store(row + d, (x * c + partner * s).to(X.dtype.element_ty), mask=h < NH)
 
+
 @triton.jit
-def _rope_kernel(Q, K, POS, COS, SIN, stride_qt, stride_qh, stride_kt, stride_kh,
-                 H: tl.constexpr, KV: tl.constexpr, H_PAD: tl.constexpr, KV_PAD: tl.constexpr, D: tl.constexpr):
+def _rope_kernel(
+    Q,
+    K,
+    POS,
+    COS,
+    SIN,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    H: tl.constexpr,
+    KV: tl.constexpr,
+    H_PAD: tl.constexpr,
+    KV_PAD: tl.constexpr,
+    D: tl.constexpr,
+):
     t = tl.program_id(0).to(tl.int64)
     p = tl.load(POS + t).to(tl.int64)
-    d = tl.arange(0, D)[None, :]                                   # whole rows: coalesced loads and stores
+    d = tl.arange(0, D)[None, :]  # whole rows: coalesced loads and stores
     c = tl.load(COS + p * (D // 2) + d // 2)
     s = tl.load(SIN + p * (D // 2) + d // 2)
     s = tl.where(d % 2 == 0, -s, s)
     _rotate_heads(Q, t, stride_qt, stride_qh, c, s, d, H, H_PAD)
     _rotate_heads(K, t, stride_kt, stride_kh, c, s, d, KV, KV_PAD)
 
-def rope_(q: torch.Tensor,          # [tokens, heads, head_dim], rotated in place
-          k: torch.Tensor,          # [tokens, kv_heads, head_dim], rotated in place
-          positions: torch.Tensor,  # [tokens] integer positions
-          cos: torch.Tensor,        # [max_len, head_dim/2] float32
-          sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    "Rotate interleaved pairs of every query and key head by its token's position, in place; returns `(q, k)`."
+
+def rope_(
+    q: torch.Tensor,  # [tokens, heads, head_dim], rotated in place
+    k: torch.Tensor,  # [tokens, kv_heads, head_dim], rotated in place
+    positions: torch.Tensor,  # [tokens] integer positions
+    cos: torch.Tensor,  # [max_len, head_dim/2] float32
+    sin: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate interleaved pairs of every query and key head by its token's position, in place;
+    returns `(q, k)`.
+    """
     T, H, D = q.shape
     if k.shape[0] != T or k.shape[2] != D or positions.shape != (T,):
-        raise ValueError(f"q {list(q.shape)}, k {list(k.shape)} and positions {list(positions.shape)} do not match")
+        raise ValueError(
+            f"q {list(q.shape)}, k {list(k.shape)} and positions {list(positions.shape)} do not match"
+        )
     if cos.shape != (cos.shape[0], D // 2) or sin.shape != cos.shape:
-        raise ValueError(f"cos and sin must be [max_len, {D // 2}], got {list(cos.shape)} and {list(sin.shape)}")
-    if q.stride(2) != 1 or k.stride(2) != 1: raise ValueError("q and k must be contiguous in head_dim")
+        raise ValueError(
+            f"cos and sin must be [max_len, {D // 2}], got {list(cos.shape)} and {list(sin.shape)}"
+        )
+    if q.stride(2) != 1 or k.stride(2) != 1:
+        raise ValueError("q and k must be contiguous in head_dim")
     if T:
-        _rope_kernel[(T,)](q, k, positions, cos, sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-                           H=H, KV=k.shape[1], H_PAD=triton.next_power_of_2(H), KV_PAD=triton.next_power_of_2(k.shape[1]),
-                           D=D, num_warps=4)
+        _rope_kernel[(T,)](
+            q,
+            k,
+            positions,
+            cos,
+            sin,
+            q.stride(0),
+            q.stride(1),
+            k.stride(0),
+            k.stride(1),
+            H=H,
+            KV=k.shape[1],
+            H_PAD=triton.next_power_of_2(H),
+            KV_PAD=triton.next_power_of_2(k.shape[1]),
+            D=D,
+            num_warps=4,
+        )
     return q, k
 
 # %% ../nbs/09b_fused.ipynb #ef64b69b
@@ -90,14 +137,19 @@ def _silu_mul_kernel(X, Y, stride_x, stride_y, N, BLOCK: tl.constexpr):
     a = (g / (1.0 + tl.exp(-g))).to(Y.dtype.element_ty).to(tl.float32)
     tl.store(Y + row * stride_y + cols, (a * u).to(Y.dtype.element_ty), mask=ok)
 
-def silu_mul(x: torch.Tensor) -> torch.Tensor:   # [..., 2N] gate then up -> [..., N]
+
+def silu_mul(x: torch.Tensor) -> torch.Tensor:  # [..., 2N] gate then up -> [..., N]
     "`silu(x[..., :N]) * x[..., N:]` in one pass."
-    if x.shape[-1] % 2: raise ValueError(f"the last dimension must hold gate and up halves, got odd size {x.shape[-1]}")
+    if x.shape[-1] % 2:
+        raise ValueError(f"the last dimension must hold gate and up halves, got odd size {x.shape[-1]}")
     N = x.shape[-1] // 2
     x2 = x.reshape(-1, 2 * N)
-    if x2.stride(-1) != 1: x2 = x2.contiguous()
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
     y = torch.empty(x2.shape[0], N, dtype=x.dtype, device=x.device)
     if x2.shape[0]:
         BLOCK = min(1024, triton.next_power_of_2(N))
-        _silu_mul_kernel[(x2.shape[0], triton.cdiv(N, BLOCK))](x2, y, x2.stride(0), y.stride(0), N, BLOCK=BLOCK, num_warps=4)
+        _silu_mul_kernel[(x2.shape[0], triton.cdiv(N, BLOCK))](
+            x2, y, x2.stride(0), y.stride(0), N, BLOCK=BLOCK, num_warps=4
+        )
     return y.view(*x.shape[:-1], N)

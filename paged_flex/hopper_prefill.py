@@ -10,17 +10,26 @@ import triton
 from .cache import PagedKVCache
 from .backends import TRITON_INTERPRETED
 from .triton_prefill import cuda_capability, heads_per_program
+
 try:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    from triton.experimental.gluon.language.nvidia.hopper import (tma, mbarrier, fence_async_shared, warpgroup_mma,
-                                                                  warpgroup_mma_wait)
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        tma,
+        mbarrier,
+        fence_async_shared,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+
     _cta_sync = gl.thread_barrier
     HAVE_GLUON = True
-except (ImportError, AttributeError):                   # another Triton: 06b's kernel serves every GPU
+except (ImportError, AttributeError):  # another Triton: 06b's kernel serves every GPU
     HAVE_GLUON = False
-HAVE_GLUON = HAVE_GLUON and hasattr(tma, "async_copy_global_to_shared")   # Gluon's API as of Triton 3.6 (the H100's)
+HAVE_GLUON = HAVE_GLUON and hasattr(
+    tma, "async_copy_global_to_shared"
+)  # Gluon's API as of Triton 3.6 (the H100's)
 
 # %% auto #0
 __all__ = ['HAVE_GLUON', 'HOPPER_CONFIG', 'hopper_prefill_ok', 'pool_descriptors', 'hopper_prefill', 'hopper_launch',
@@ -28,41 +37,77 @@ __all__ = ['HAVE_GLUON', 'HOPPER_CONFIG', 'hopper_prefill_ok', 'pool_descriptors
 
 # %% ../nbs/06c_hopper_prefill.ipynb #e9a5dc57
 if HAVE_GLUON:
+
     @gluon.jit
-    def _copy_block(desc, smem, bar, rows, idx, st, hk, nbytes: gl.constexpr, D: gl.constexpr, NH: gl.constexpr,
-                    PS: gl.constexpr, NSUB: gl.constexpr):
-        "One key (or value) block into ring stage `st`: a bulk copy per page piece and 64-column slice, counted on `bar`."
+    def _copy_block(
+        desc,
+        smem,
+        bar,
+        rows,
+        idx,
+        st,
+        hk,
+        nbytes: gl.constexpr,
+        D: gl.constexpr,
+        NH: gl.constexpr,
+        PS: gl.constexpr,
+        NSUB: gl.constexpr,
+    ):
+        """One key (or value) block into ring stage `st`: a bulk copy per page piece and 64-column slice,
+        counted on `bar`.
+        """
         mbarrier.expect(bar, nbytes)
         for i in gl.static_range(NSUB):
             row = gl.sum(gl.where(idx == i, rows, 0), axis=0)
             for h in gl.static_range(NH):
-                tma.async_copy_global_to_shared(desc, [row, hk * D + h * 64], bar, smem.index(st * NH + h).slice(i * PS, PS))
+                tma.async_copy_global_to_shared(
+                    desc, [row, hk * D + h * 64], bar, smem.index(st * NH + h).slice(i * PS, PS)
+                )
 
     @gluon.jit
-    def _producer(kd, vd, k_smem, v_smem, kbar, vbar, free, BT, bt_row, hk, n_free,
-                  D: gl.constexpr, NH: gl.constexpr, P: gl.constexpr, PS: gl.constexpr, BLOCK_N: gl.constexpr,
-                  STAGES: gl.constexpr):
-        "Bulk-copy key blocks 0 .. n_free-1 of one sequence, page piece by page piece, into the ring of stages."
-        NSUB: gl.constexpr = BLOCK_N // PS                      # page pieces per key block
+    def _producer(
+        kd,
+        vd,
+        k_smem,
+        v_smem,
+        kbar,
+        vbar,
+        free,
+        BT,
+        bt_row,
+        hk,
+        n_free,
+        D: gl.constexpr,
+        NH: gl.constexpr,
+        P: gl.constexpr,
+        PS: gl.constexpr,
+        BLOCK_N: gl.constexpr,
+        STAGES: gl.constexpr,
+    ):
+        """Bulk-copy key blocks 0 .. n_free-1 of one sequence, page piece by page piece,
+        into the ring of stages.
+        """
+        NSUB: gl.constexpr = BLOCK_N // PS  # page pieces per key block
         lay: gl.constexpr = gl.BlockedLayout([NSUB], [32], [1], [0])
         idx = gl.arange(0, NSUB, layout=lay)
         nbytes: gl.constexpr = kd.block_type.nbytes * NH * NSUB
         for j in range(n_free):
             st = j % STAGES
             n0 = j * BLOCK_N + idx * PS
-            rows = gl.load(BT + bt_row + n0 // P) * P + n0 % P       # first slot of each piece
+            rows = gl.load(BT + bt_row + n0 // P) * P + n0 % P  # first slot of each piece
             mbarrier.wait(free.index(st), ((j // STAGES) & 1) ^ 1)
-            _copy_block(kd, k_smem, kbar.index(st), rows, idx, st, hk, nbytes, D, NH, PS, NSUB)   # keys first
+            _copy_block(kd, k_smem, kbar.index(st), rows, idx, st, hk, nbytes, D, NH, PS, NSUB)  # keys first
             _copy_block(vd, v_smem, vbar.index(st), rows, idx, st, hk, nbytes, D, NH, PS, NSUB)
 
 # %% ../nbs/06c_hopper_prefill.ipynb #ae03054e
 if HAVE_GLUON:
+
     @gluon.jit
     def _qk(q0, q1, kbuf, base, s_zero, NH: gl.constexpr):
         s = warpgroup_mma(q0, kbuf.index(base).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         if NH == 2:
             s = warpgroup_mma(q1, kbuf.index(base + 1).permute((1, 0)), s, is_async=True)
-        return warpgroup_mma_wait(num_outstanding=0, deps=(s, ))
+        return warpgroup_mma_wait(num_outstanding=0, deps=(s,))
 
     @gluon.jit
     def _pv(p, vbuf, base, acc0, acc1, a_o, NH: gl.constexpr):
@@ -81,33 +126,68 @@ if HAVE_GLUON:
         return gl.convert_layout(p.to(dtype), p_op), gl.convert_layout(alpha, row_o)[:, None], m_new, l_i
 
     @gluon.jit
-    def _consumer(Q, O, K, V, k_smem, v_smem, kbar, vbar, free, BT, bt_row, hk, hg, row0, p0, n_q, n_free,
-                  stride_qt, stride_qh, stride_kp, stride_kn, stride_kh, sm_scale,
-                  GP: gl.constexpr, D: gl.constexpr, P: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                  STAGES: gl.constexpr, num_warps: gl.constexpr):
+    def _consumer(
+        Q,
+        O,
+        K,
+        V,
+        k_smem,
+        v_smem,
+        kbar,
+        vbar,
+        free,
+        BT,
+        bt_row,
+        hk,
+        hg,
+        row0,
+        p0,
+        n_q,
+        n_free,
+        stride_qt,
+        stride_qh,
+        stride_kp,
+        stride_kn,
+        stride_kh,
+        sm_scale,
+        GP: gl.constexpr,
+        D: gl.constexpr,
+        P: gl.constexpr,
+        BLOCK_M: gl.constexpr,
+        BLOCK_N: gl.constexpr,
+        STAGES: gl.constexpr,
+        num_warps: gl.constexpr,
+    ):
         "Attention of one tile's BLOCK_M rows (queries x packed heads) over its sequence's keys."
         NH: gl.constexpr = D // 64
         dtype: gl.constexpr = Q.dtype.element_ty
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                           instr_shape=[16, BLOCK_N, 16])
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                           instr_shape=[16, 64, 16])
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BLOCK_N, 16]
+        )
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 64, 16]
+        )
         q_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
         p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-        ld: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[4, 8], warps_per_cta=[num_warps, 1],
-                                            order=[1, 0])
+        ld: gl.constexpr = gl.BlockedLayout(
+            size_per_thread=[1, 8], threads_per_warp=[4, 8], warps_per_cta=[num_warps, 1], order=[1, 0]
+        )
         row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
 
-        m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ld))     # row m: query m // GP, head hg * GP + m % GP
+        m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ld))  # row m: query m // GP, head hg * GP + m % GP
         dcol = gl.arange(0, 64, layout=gl.SliceLayout(0, ld))
         qi = m // GP
         q_ok = qi < n_q
         q_off = (row0 + qi).to(gl.int64) * stride_qt + (hg * GP + m % GP) * stride_qh
-        q0 = gl.convert_layout(gl.load(Q + q_off[:, None] + dcol[None, :], mask=q_ok[:, None], other=0.0), q_op)
+        q0 = gl.convert_layout(
+            gl.load(Q + q_off[:, None] + dcol[None, :], mask=q_ok[:, None], other=0.0), q_op
+        )
         q1 = q0
         if NH == 2:
-            q1 = gl.convert_layout(gl.load(Q + q_off[:, None] + 64 + dcol[None, :], mask=q_ok[:, None], other=0.0), q_op)
+            q1 = gl.convert_layout(
+                gl.load(Q + q_off[:, None] + 64 + dcol[None, :], mask=q_ok[:, None], other=0.0), q_op
+            )
 
         qk_scale = sm_scale * 1.4426950408889634
         m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
@@ -115,7 +195,7 @@ if HAVE_GLUON:
         acc0 = gl.zeros([BLOCK_M, 64], gl.float32, layout=o_layout)
         acc1 = gl.zeros([BLOCK_M, 64], gl.float32, layout=o_layout)
         s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
-        for j in range(n_free):                                     # blocks before the tile's first query: no mask
+        for j in range(n_free):  # blocks before the tile's first query: no mask
             st = j % STAGES
             ph = (j // STAGES) & 1
             mbarrier.wait(kbar.index(st), ph)
@@ -129,15 +209,19 @@ if HAVE_GLUON:
         nl = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, ld))
         ns = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
         q_pos = p0 + gl.arange(0, BLOCK_M, layout=row_s) // GP
-        for j in range(n_free, gl.cdiv(kv_end, BLOCK_N)):           # the diagonal: masked pointer loads into stage 0
+        for j in range(n_free, gl.cdiv(kv_end, BLOCK_N)):  # the diagonal: masked pointer loads into stage 0
             n = j * BLOCK_N + nl
             ok = n < kv_end
             page = gl.load(BT + bt_row + n // P, mask=ok, other=0).to(gl.int64)
             kv_off = page * stride_kp + (n % P) * stride_kn + hk * stride_kh
-            _cta_sync()                                     # both warp groups are done with the last block
+            _cta_sync()  # both warp groups are done with the last block
             for h in gl.static_range(NH):
-                k_smem.index(h).store(gl.load(K + kv_off[:, None] + h * 64 + dcol[None, :], mask=ok[:, None], other=0.0))
-                v_smem.index(h).store(gl.load(V + kv_off[:, None] + h * 64 + dcol[None, :], mask=ok[:, None], other=0.0))
+                k_smem.index(h).store(
+                    gl.load(K + kv_off[:, None] + h * 64 + dcol[None, :], mask=ok[:, None], other=0.0)
+                )
+                v_smem.index(h).store(
+                    gl.load(V + kv_off[:, None] + h * 64 + dcol[None, :], mask=ok[:, None], other=0.0)
+                )
             fence_async_shared()
             _cta_sync()
             s = _qk(q0, q1, k_smem, 0, s_zero, NH)
@@ -146,18 +230,48 @@ if HAVE_GLUON:
             acc0, acc1 = _pv(p, v_smem, 0, acc0, acc1, a_o, NH)
 
         inv = gl.convert_layout(1.0 / l_i, row_o)[:, None]
-        gl.store(O + q_off[:, None] + dcol[None, :], gl.convert_layout((acc0 * inv).to(dtype), ld), mask=q_ok[:, None])
+        gl.store(
+            O + q_off[:, None] + dcol[None, :],
+            gl.convert_layout((acc0 * inv).to(dtype), ld),
+            mask=q_ok[:, None],
+        )
         if NH == 2:
-            gl.store(O + q_off[:, None] + 64 + dcol[None, :], gl.convert_layout((acc1 * inv).to(dtype), ld),
-                     mask=q_ok[:, None])
+            gl.store(
+                O + q_off[:, None] + 64 + dcol[None, :],
+                gl.convert_layout((acc1 * inv).to(dtype), ld),
+                mask=q_ok[:, None],
+            )
 
 # %% ../nbs/06c_hopper_prefill.ipynb #b194ca24
 if HAVE_GLUON:
+
     @gluon.jit
-    def _hopper_prefill_kernel(Q, O, K, V, kd, vd, BT, TILES, stride_qt, stride_qh, stride_kp, stride_kn, stride_kh,
-                               stride_bt, sm_scale, G: gl.constexpr, GP: gl.constexpr, D: gl.constexpr, P: gl.constexpr,
-                               PS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                               num_warps: gl.constexpr):
+    def _hopper_prefill_kernel(
+        Q,
+        O,
+        K,
+        V,
+        kd,
+        vd,
+        BT,
+        TILES,
+        stride_qt,
+        stride_qh,
+        stride_kp,
+        stride_kn,
+        stride_kh,
+        stride_bt,
+        sm_scale,
+        G: gl.constexpr,
+        GP: gl.constexpr,
+        D: gl.constexpr,
+        P: gl.constexpr,
+        PS: gl.constexpr,
+        BLOCK_M: gl.constexpr,
+        BLOCK_N: gl.constexpr,
+        STAGES: gl.constexpr,
+        num_warps: gl.constexpr,
+    ):
         NH: gl.constexpr = D // 64
         dtype: gl.constexpr = Q.dtype.element_ty
         tile = gl.program_id(0)
@@ -178,58 +292,146 @@ if HAVE_GLUON:
             mbarrier.init(kbar.index(i), count=1)
             mbarrier.init(vbar.index(i), count=1)
             mbarrier.init(free.index(i), count=1)
-        gl.warp_specialize([
-            (_consumer, (Q, O, K, V, k_smem, v_smem, kbar, vbar, free, BT, bt_row, hk, hg, row0, p0, n_q, n_free,
-                         stride_qt, stride_qh, stride_kp, stride_kn, stride_kh, sm_scale, GP, D, P, BLOCK_M, BLOCK_N,
-                         STAGES, num_warps)),
-            (_producer, (kd, vd, k_smem, v_smem, kbar, vbar, free, BT, bt_row, hk, n_free, D, NH, P, PS, BLOCK_N, STAGES)),
-        ], [1], [24])
+        gl.warp_specialize(
+            [
+                (
+                    _consumer,
+                    (
+                        Q,
+                        O,
+                        K,
+                        V,
+                        k_smem,
+                        v_smem,
+                        kbar,
+                        vbar,
+                        free,
+                        BT,
+                        bt_row,
+                        hk,
+                        hg,
+                        row0,
+                        p0,
+                        n_q,
+                        n_free,
+                        stride_qt,
+                        stride_qh,
+                        stride_kp,
+                        stride_kn,
+                        stride_kh,
+                        sm_scale,
+                        GP,
+                        D,
+                        P,
+                        BLOCK_M,
+                        BLOCK_N,
+                        STAGES,
+                        num_warps,
+                    ),
+                ),
+                (
+                    _producer,
+                    (
+                        kd,
+                        vd,
+                        k_smem,
+                        v_smem,
+                        kbar,
+                        vbar,
+                        free,
+                        BT,
+                        bt_row,
+                        hk,
+                        n_free,
+                        D,
+                        NH,
+                        P,
+                        PS,
+                        BLOCK_N,
+                        STAGES,
+                    ),
+                ),
+            ],
+            [1],
+            [24],
+        )
 
 # %% ../nbs/06c_hopper_prefill.ipynb #4637eccc
 HOPPER_CONFIG = dict(block_m=128, block_n=128, num_warps=8, num_stages=2, pack_heads=True)
 
-def hopper_prefill_ok(device, dtype: torch.dtype, head_dim: int, page_size: int,
-                      block_n: int = HOPPER_CONFIG["block_n"]) -> bool:
-    "Can the warp-specialised kernel run here: Gluon, an sm_90 GPU, bf16/fp16, head_dim 64/128, pages of 8k slots?"
+
+def hopper_prefill_ok(
+    device, dtype: torch.dtype, head_dim: int, page_size: int, block_n: int = HOPPER_CONFIG["block_n"]
+) -> bool:
+    """Can the warp-specialised kernel run here: Gluon, an sm_90 GPU, bf16/fp16, head_dim 64/128,
+    pages of 8k slots?
+    """
     device = torch.device(device)
     ps = min(page_size, block_n)
-    return (HAVE_GLUON and device.type == "cuda" and cuda_capability(device) == (9, 0)
-            and dtype in (torch.bfloat16, torch.float16) and head_dim in (64, 128)
-            and ps % 8 == 0 and page_size % ps == 0 and block_n % ps == 0)
+    return (
+        HAVE_GLUON
+        and device.type == "cuda"
+        and cuda_capability(device) == (9, 0)
+        and dtype in (torch.bfloat16, torch.float16)
+        and head_dim in (64, 128)
+        and ps % 8 == 0
+        and page_size % ps == 0
+        and block_n % ps == 0
+    )
 
 # %% ../nbs/06c_hopper_prefill.ipynb #e6c1a003
 def pool_descriptors(cache: PagedKVCache, layer: int, block_n: int) -> tuple:
-    "TMA descriptors over a layer's K and V pools as `[slots, kv_heads * head_dim]`, in `min(page_size, block_n)` x 64 pieces."
+    """TMA descriptors over a layer's K and V pools as `[slots, kv_heads * head_dim]`,
+    in `min(page_size, block_n)` x 64 pieces.
+    """
     k, v = cache.k[layer], cache.v[layer]
     ps = min(cache.page_size, block_n)
-    kept = cache.kernel_state.setdefault("hopper_prefill", {})      # they live and die with the cache
+    kept = cache.kernel_state.setdefault("hopper_prefill", {})  # they live and die with the cache
     key = (layer, k.data_ptr(), v.data_ptr(), ps)
     if key not in kept:
         n_slots, row = k.shape[0] * k.shape[1], k.shape[2] * k.shape[3]
         layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-        kept[key] = (TensorDescriptor(k.view(n_slots, row), [n_slots, row], [row, 1], [ps, 64], layout),
-                     TensorDescriptor(v.view(n_slots, row), [n_slots, row], [row, 1], [ps, 64], layout), ps)
+        kept[key] = (
+            TensorDescriptor(k.view(n_slots, row), [n_slots, row], [row, 1], [ps, 64], layout),
+            TensorDescriptor(v.view(n_slots, row), [n_slots, row], [row, 1], [ps, 64], layout),
+            ps,
+        )
     return kept[key]
 
 # %% ../nbs/06c_hopper_prefill.ipynb #e6c1a005
-def hopper_prefill(q: torch.Tensor,         # [tokens, num_heads, head_dim] packed queries, bf16/fp16
-                   cache: PagedKVCache, layer: int,
-                   tiles: torch.Tensor,     # [num_tiles, 4] int32 from `prefill_tiles`, block_m / heads_per_program queries
-                   scale: float | None = None, block_m: int | None = None, block_n: int | None = None,
-                   num_warps: int | None = None, num_stages: int | None = None,
-                   pack_heads: bool | None = None) -> torch.Tensor:
-    "Causal paged attention for packed prefill chunks on an sm_90 GPU. Returns `[tokens, num_heads, head_dim]`."
+def hopper_prefill(
+    q: torch.Tensor,  # [tokens, num_heads, head_dim] packed queries, bf16/fp16
+    cache: PagedKVCache,
+    layer: int,
+    tiles: torch.Tensor,  # [num_tiles, 4] int32 from `prefill_tiles`, block_m / heads_per_program queries
+    scale: float | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+    pack_heads: bool | None = None,
+) -> torch.Tensor:
+    """Causal paged attention for packed prefill chunks on an sm_90 GPU.
+    Returns `[tokens, num_heads, head_dim]`.
+    """
     T, H, D = q.shape
-    asked = dict(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages, pack_heads=pack_heads)
+    asked = dict(
+        block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages, pack_heads=pack_heads
+    )
     c = {k: v if v is not None else HOPPER_CONFIG[k] for k, v in asked.items()}
     if not hopper_prefill_ok(q.device, q.dtype, D, cache.page_size, c["block_n"]):
-        raise ValueError(f"hopper_prefill needs Gluon, an sm_90 GPU, bf16/fp16, head_dim 64 or 128 and page_size a "
-                         f"multiple of 8 that divides or is divided by block_n; got device {q.device}, {q.dtype}, "
-                         f"head_dim {D}, page_size {cache.page_size}, block_n {c['block_n']}")
+        raise ValueError(
+            f"hopper_prefill needs Gluon, an sm_90 GPU, bf16/fp16, head_dim 64 or 128 and page_size a "
+            f"multiple of 8 that divides or is divided by block_n; got device {q.device}, {q.dtype}, "
+            f"head_dim {D}, page_size {cache.page_size}, block_n {c['block_n']}"
+        )
     if c["num_warps"] not in (4, 8) or c["block_m"] != 16 * c["num_warps"]:
-        raise ValueError(f"block_m must be 16 x num_warps with 4 or 8 warps, got block_m {c['block_m']}, "
-                         f"num_warps {c['num_warps']}")
+        raise ValueError(
+            f"block_m must be 16 x num_warps with 4 or 8 warps, got block_m {c['block_m']}, "
+            f"num_warps {c['num_warps']}"
+        )
     return hopper_launch(q, cache, layer, tiles, scale, c)
+
 
 def hopper_launch(q, cache, layer, tiles, scale, c: dict) -> torch.Tensor:
     "Launch for a configuration `c` already checked (by `hopper_prefill`, or by the backend registry)."
@@ -242,38 +444,100 @@ def hopper_launch(q, cache, layer, tiles, scale, c: dict) -> torch.Tensor:
     out = torch.empty_like(q)
     scale = scale if scale is not None else 1.0 / math.sqrt(D)
     _hopper_prefill_kernel[(tiles.shape[0], H // GP)](
-        q, out, k, v, kd, vd, cache.block_table, tiles, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        k.stride(2), cache.block_table.stride(0), scale, G=H // cache.num_kv_heads, GP=GP, D=D, P=cache.page_size,
-        PS=ps, BLOCK_M=c["block_m"], BLOCK_N=c["block_n"], STAGES=c["num_stages"], num_warps=c["num_warps"])
+        q,
+        out,
+        k,
+        v,
+        kd,
+        vd,
+        cache.block_table,
+        tiles,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        cache.block_table.stride(0),
+        scale,
+        G=H // cache.num_kv_heads,
+        GP=GP,
+        D=D,
+        P=cache.page_size,
+        PS=ps,
+        BLOCK_M=c["block_m"],
+        BLOCK_N=c["block_n"],
+        STAGES=c["num_stages"],
+        num_warps=c["num_warps"],
+    )
     return out
 
 # %% ../nbs/06c_hopper_prefill.ipynb #8e5b5f73
 def sm90_ptx_summary(page_size: int = 16, head_dim: int = 128, dtype: str = "bf16", **config) -> dict:
-    "Compile the kernel for an sm_90 GPU (no GPU needed; `HOPPER_CONFIG` updated by `config`) and count key PTX instructions."
+    """Compile the kernel for an sm_90 GPU (no GPU needed; `HOPPER_CONFIG` updated by `config`)
+    and count key PTX instructions.
+    """
     import os, re, json, subprocess, sys
+
     if TRITON_INTERPRETED:
-        code = (f"import json; from paged_flex.hopper_prefill import sm90_ptx_summary as f; "
-                f"print(json.dumps(f({page_size}, {head_dim}, {dtype!r}, **{config!r})))")
+        code = (
+            f"import json; from paged_flex.hopper_prefill import sm90_ptx_summary as f; "
+            f"print(json.dumps(f({page_size}, {head_dim}, {dtype!r}, **{config!r})))"
+        )
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-        if run.returncode: raise RuntimeError(f"sm_90 compile failed:\n{run.stderr[-3000:]}")
+        if run.returncode:
+            raise RuntimeError(f"sm_90 compile failed:\n{run.stderr[-3000:]}")
         return json.loads(run.stdout.strip().splitlines()[-1])
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
+
     c = dict(HOPPER_CONFIG, **config)
     ps = min(page_size, c["block_n"])
     fake = torch.empty(16, 8 * head_dim, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
-    desc = mangle_type(TensorDescriptor(fake, [16, 8 * head_dim], [8 * head_dim, 1], [ps, 64],
-                                        gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)))
-    sig = {"Q": f"*{dtype}", "O": f"*{dtype}", "K": f"*{dtype}", "V": f"*{dtype}", "kd": desc, "vd": desc, "BT": "*i32",
-           "TILES": "*i32", **{n: "i32" for n in ("stride_qt", "stride_qh", "stride_kp", "stride_kn", "stride_kh", "stride_bt")},
-           "sm_scale": "fp32", **{n: "constexpr" for n in ("G", "GP", "D", "P", "PS", "BLOCK_M", "BLOCK_N", "STAGES", "num_warps")}}
-    consts = dict(G=4, GP=4, D=head_dim, P=page_size, PS=ps, BLOCK_M=c["block_m"], BLOCK_N=c["block_n"], STAGES=c["num_stages"],
-                  num_warps=c["num_warps"])
-    k = triton.compile(GluonASTSource(_hopper_prefill_kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": c["num_warps"]})
+    desc = mangle_type(
+        TensorDescriptor(
+            fake,
+            [16, 8 * head_dim],
+            [8 * head_dim, 1],
+            [ps, 64],
+            gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2),
+        )
+    )
+    sig = {
+        "Q": f"*{dtype}",
+        "O": f"*{dtype}",
+        "K": f"*{dtype}",
+        "V": f"*{dtype}",
+        "kd": desc,
+        "vd": desc,
+        "BT": "*i32",
+        "TILES": "*i32",
+        **{n: "i32" for n in ("stride_qt", "stride_qh", "stride_kp", "stride_kn", "stride_kh", "stride_bt")},
+        "sm_scale": "fp32",
+        **{n: "constexpr" for n in ("G", "GP", "D", "P", "PS", "BLOCK_M", "BLOCK_N", "STAGES", "num_warps")},
+    }
+    consts = dict(
+        G=4,
+        GP=4,
+        D=head_dim,
+        P=page_size,
+        PS=ps,
+        BLOCK_M=c["block_m"],
+        BLOCK_N=c["block_n"],
+        STAGES=c["num_stages"],
+        num_warps=c["num_warps"],
+    )
+    k = triton.compile(
+        GluonASTSource(_hopper_prefill_kernel, sig, consts),
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": c["num_warps"]},
+    )
     ptx = k.asm["ptx"]
-    pats = dict(wgmma=r"wgmma\.mma_async", bulk_copies=r"cp\.async\.bulk\.tensor", setmaxnreg=r"setmaxnreg",
-                spills=r"ld\.local|st\.local")
+    pats = dict(
+        wgmma=r"wgmma\.mma_async",
+        bulk_copies=r"cp\.async\.bulk\.tensor",
+        setmaxnreg=r"setmaxnreg",
+        spills=r"ld\.local|st\.local",
+    )
     return {name: len(re.findall(p, ptx)) for name, p in pats.items()} | {"shared_bytes": k.metadata.shared}

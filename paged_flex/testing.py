@@ -26,8 +26,8 @@ def random_case(
     spare_pages=8,
     bystanders=2,
 ):
-    """A cache with shuffled pages and random sequences, and a query batch: `(cache, q, seq_ids, positions,
-    batch)`.
+    """A cache with shuffled pages and random sequences, and a query batch:
+    `(cache, q, seq_ids, positions, batch)`.
     """
     g = torch.Generator().manual_seed(seed)
     lens = torch.randint(1, max_len + 1, (num_seqs + bystanders,), generator=g).tolist()

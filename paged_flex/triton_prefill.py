@@ -18,32 +18,65 @@ __all__ = ['PREFILL_CONFIG', 'TMA_CONFIG', 'prefill_tiles', 'cuda_capability', '
            'heads_per_program', 'queries_per_tile', 'paged_prefill']
 
 # %% ../nbs/06b_triton_prefill.ipynb #41fa14ad
-def prefill_tiles(seq_ids: torch.Tensor,    # [tokens] sequence of each query (runs of one sequence)
-                  positions: torch.Tensor,  # [tokens] position of each query (consecutive within a run)
-                  block_m: int) -> torch.Tensor:  # [num_tiles, 4] int32: seq, first row, first position, count
-    "Cut the packed queries into tiles of up to `block_m` consecutive positions of one sequence, longest context first."
+def prefill_tiles(
+    seq_ids: torch.Tensor,  # [tokens] sequence of each query (runs of one sequence)
+    positions: torch.Tensor,  # [tokens] position of each query (consecutive within a run)
+    block_m: int,
+) -> torch.Tensor:  # [num_tiles, 4] int32: seq, first row, first position, count
+    """Cut the packed queries into tiles of up to `block_m` consecutive positions of one sequence,
+    longest context first.
+    """
     ids, pos = seq_ids.long().cpu(), positions.long().cpu()
     T = len(ids)
     brk = torch.ones(T, dtype=torch.bool)
-    brk[1:] = (ids[1:] != ids[:-1]) | (pos[1:] != pos[:-1] + 1)          # a new run starts here
+    brk[1:] = (ids[1:] != ids[:-1]) | (pos[1:] != pos[:-1] + 1)  # a new run starts here
     starts = brk.nonzero().squeeze(1)
     ends = torch.cat([starts[1:], torch.tensor([T])])
-    per_run = -(-(ends - starts) // block_m)                                # tiles in each run
+    per_run = -(-(ends - starts) // block_m)  # tiles in each run
     run = torch.repeat_interleave(torch.arange(len(starts)), per_run)
-    first = starts[run] + (torch.arange(len(run)) - torch.repeat_interleave(per_run.cumsum(0) - per_run, per_run)) * block_m
+    first = (
+        starts[run]
+        + (torch.arange(len(run)) - torch.repeat_interleave(per_run.cumsum(0) - per_run, per_run)) * block_m
+    )
     count = torch.minimum(ends[run] - first, torch.tensor(block_m))
     tiles = torch.stack([ids[first], first, pos[first], count], 1)
     return tiles[torch.argsort(-(tiles[:, 2] + tiles[:, 3]), stable=True)].to(torch.int32)
 
 # %% ../nbs/06b_triton_prefill.ipynb #179f2e97
 @triton.jit
-def _attend_block(acc, m_i, l_i, q, K, V, kd, vd, BT, seq, hk, j, kv_end, q_pos, stride_kp, stride_kn, stride_kh, stride_bt,
-                  qk_scale, D: tl.constexpr, P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
-                  DIAGONAL: tl.constexpr, TMA: tl.constexpr):
-    "One block of BLOCK_N keys: scores, online softmax, accumulate. Only diagonal blocks mask; TMA blocks lie in one page."
+def _attend_block(
+    acc,
+    m_i,
+    l_i,
+    q,
+    K,
+    V,
+    kd,
+    vd,
+    BT,
+    seq,
+    hk,
+    j,
+    kv_end,
+    q_pos,
+    stride_kp,
+    stride_kn,
+    stride_kh,
+    stride_bt,
+    qk_scale,
+    D: tl.constexpr,
+    P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr,
+    DIAGONAL: tl.constexpr,
+    TMA: tl.constexpr,
+):
+    """One block of BLOCK_N keys: scores, online softmax, accumulate.
+    Only diagonal blocks mask; TMA blocks lie in one page.
+    """
     n = j * BLOCK_N + tl.arange(0, BLOCK_N)
     d = tl.arange(0, D)
-    if TMA:                                             # one lookup: the block's first slot, then bulk copies
+    if TMA:  # one lookup: the block's first slot, then bulk copies
         row = tl.load(BT + seq * stride_bt + (j * BLOCK_N) // P).to(tl.int32) * P + (j * BLOCK_N) % P
         k = kd.load([row, hk * D])
     else:
@@ -80,12 +113,34 @@ def _attend_block(acc, m_i, l_i, q, K, V, kd, vd, BT, seq, hk, j, kv_end, q_pos,
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     return acc, m_new, l_i
 
+
 @triton.jit
-def _prefill_kernel(Q, K, V, O, BT, TILES, n_slots,
-                    stride_qt, stride_qh, stride_kp, stride_kn, stride_kh, stride_bt, sm_scale,
-                    KV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, P: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr):
-    tile, hg = tl.program_id(0), tl.program_id(1)       # hg: a group of GP query heads that share one KV head
+def _prefill_kernel(
+    Q,
+    K,
+    V,
+    O,
+    BT,
+    TILES,
+    n_slots,
+    stride_qt,
+    stride_qh,
+    stride_kp,
+    stride_kn,
+    stride_kh,
+    stride_bt,
+    sm_scale,
+    KV: tl.constexpr,
+    G: tl.constexpr,
+    GP: tl.constexpr,
+    D: tl.constexpr,
+    P: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr,
+    TMA: tl.constexpr,
+):
+    tile, hg = tl.program_id(0), tl.program_id(1)  # hg: a group of GP query heads that share one KV head
     hk = (hg * GP) // G
     seq = tl.load(TILES + tile * 4).to(tl.int64)
     row0 = tl.load(TILES + tile * 4 + 1)
@@ -93,49 +148,123 @@ def _prefill_kernel(Q, K, V, O, BT, TILES, n_slots,
     n_q = tl.load(TILES + tile * 4 + 3)
     m = tl.arange(0, BLOCK_M)
     d = tl.arange(0, D)
-    qi = m // GP                                        # row m: query qi of the tile, head hg * GP + m % GP
+    qi = m // GP  # row m: query qi of the tile, head hg * GP + m % GP
     q_ok = qi < n_q
     q_pos = p0 + qi
-    q_ptr = (row0 + qi).to(tl.int64)[:, None] * stride_qt + (hg * GP + m % GP)[:, None] * stride_qh + d[None, :]
+    q_ptr = (
+        (row0 + qi).to(tl.int64)[:, None] * stride_qt + (hg * GP + m % GP)[:, None] * stride_qh + d[None, :]
+    )
     q = tl.load(Q + q_ptr, mask=q_ok[:, None], other=0.0)
-    if TMA:                                             # the pool as [slots, kv_heads * head_dim]
-        kd = tl.make_tensor_descriptor(K, shape=[n_slots, KV * D], strides=[KV * D, 1], block_shape=[BLOCK_N, D])
-        vd = tl.make_tensor_descriptor(V, shape=[n_slots, KV * D], strides=[KV * D, 1], block_shape=[BLOCK_N, D])
+    if TMA:  # the pool as [slots, kv_heads * head_dim]
+        kd = tl.make_tensor_descriptor(
+            K, shape=[n_slots, KV * D], strides=[KV * D, 1], block_shape=[BLOCK_N, D]
+        )
+        vd = tl.make_tensor_descriptor(
+            V, shape=[n_slots, KV * D], strides=[KV * D, 1], block_shape=[BLOCK_N, D]
+        )
     else:
         kd, vd = K, V
     qk_scale = sm_scale * 1.4426950408889634
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    kv_end = p0 + n_q                                   # keys 0 .. kv_end-1 are visible to someone in the tile
-    n_free = p0 // BLOCK_N                              # key blocks before the tile's first query: no mask
+    kv_end = p0 + n_q  # keys 0 .. kv_end-1 are visible to someone in the tile
+    n_free = p0 // BLOCK_N  # key blocks before the tile's first query: no mask
     for j in range(0, n_free):
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, K, V, kd, vd, BT, seq, hk, j, kv_end, q_pos, stride_kp, stride_kn,
-                                      stride_kh, stride_bt, qk_scale, D, P, BLOCK_N, IEEE, False, TMA)
+        acc, m_i, l_i = _attend_block(
+            acc,
+            m_i,
+            l_i,
+            q,
+            K,
+            V,
+            kd,
+            vd,
+            BT,
+            seq,
+            hk,
+            j,
+            kv_end,
+            q_pos,
+            stride_kp,
+            stride_kn,
+            stride_kh,
+            stride_bt,
+            qk_scale,
+            D,
+            P,
+            BLOCK_N,
+            IEEE,
+            False,
+            TMA,
+        )
     for j in range(n_free, tl.cdiv(kv_end, BLOCK_N)):
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, K, V, kd, vd, BT, seq, hk, j, kv_end, q_pos, stride_kp, stride_kn,
-                                      stride_kh, stride_bt, qk_scale, D, P, BLOCK_N, IEEE, True, False)
+        acc, m_i, l_i = _attend_block(
+            acc,
+            m_i,
+            l_i,
+            q,
+            K,
+            V,
+            kd,
+            vd,
+            BT,
+            seq,
+            hk,
+            j,
+            kv_end,
+            q_pos,
+            stride_kp,
+            stride_kn,
+            stride_kh,
+            stride_bt,
+            qk_scale,
+            D,
+            P,
+            BLOCK_N,
+            IEEE,
+            True,
+            False,
+        )
     out = acc / l_i[:, None]
     tl.store(O + q_ptr, out.to(O.dtype.element_ty), mask=q_ok[:, None])
 
 # %% ../nbs/06b_triton_prefill.ipynb #01fd9f6b
-PREFILL_CONFIG = dict(block_m=64, block_n=64, num_warps=4, num_stages=2, pack_heads=True)   # tile rows, keys, warps, stages
-TMA_CONFIG = dict(block_m=128, block_n=64, num_warps=4, num_stages=3, pack_heads=True)       # whole-page blocks by bulk copy
+PREFILL_CONFIG = dict(
+    block_m=64, block_n=64, num_warps=4, num_stages=2, pack_heads=True
+)  # tile rows, keys, warps, stages
+TMA_CONFIG = dict(
+    block_m=128, block_n=64, num_warps=4, num_stages=3, pack_heads=True
+)  # whole-page blocks by bulk copy
+
 
 @functools.lru_cache(maxsize=None)
 def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
+
 def cuda_capability(device) -> tuple[int, int]:
-    "Compute capability of a CUDA device, asked of the driver once per device (prefill checks it every layer)."
+    """Compute capability of a CUDA device, asked of the driver once per device (prefill checks it every
+    layer).
+    """
     device = torch.device(device)
-    return _capability(device if device.index is not None else torch.device("cuda", torch.cuda.current_device()))
+    return _capability(
+        device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+    )
+
 
 def tma_prefill_ok(device, page_size: int, block_n: int = TMA_CONFIG["block_n"]) -> bool:
-    "Can the bulk-copy variant run: compute capability 9+, Triton with tensor descriptors, pages of whole key blocks?"
+    """Can the bulk-copy variant run: compute capability 9+, Triton with tensor descriptors,
+    pages of whole key blocks?
+    """
     device = torch.device(device)
-    return (device.type == "cuda" and hasattr(tl, "make_tensor_descriptor") and page_size % block_n == 0
-            and cuda_capability(device)[0] >= 9)
+    return (
+        device.type == "cuda"
+        and hasattr(tl, "make_tensor_descriptor")
+        and page_size % block_n == 0
+        and cuda_capability(device)[0] >= 9
+    )
+
 
 def prefill_config(page_size: int, device) -> dict:
     "This kernel's default variant and configuration here: `kernel` is 'tma' (bulk copies) or 'pointer'."
@@ -145,14 +274,25 @@ def prefill_config(page_size: int, device) -> dict:
 
 # %% ../nbs/06b_triton_prefill.ipynb #c3a9e103
 def heads_per_program(num_heads: int, num_kv_heads: int, block_m: int, pack_heads: bool = True) -> int:
-    "Query heads one program computes: the whole GQA group of a KV head when packing and it divides the tile, else 1."
+    """Query heads one program computes: the whole GQA group of a KV head when packing and it divides the
+    tile, else 1.
+    """
     G = num_heads // num_kv_heads
     return G if pack_heads and G > 1 and block_m % G == 0 and G & (G - 1) == 0 else 1
 
-def queries_per_tile(num_heads: int, num_kv_heads: int, block_m: int | None = None, pack_heads: bool | None = None,
-                     page_size: int | None = None, device=None) -> int:
+
+def queries_per_tile(
+    num_heads: int,
+    num_kv_heads: int,
+    block_m: int | None = None,
+    pack_heads: bool | None = None,
+    page_size: int | None = None,
+    device=None,
+) -> int:
     "Queries in one tile of `prefill_tiles`: `block_m` rows / heads per program (defaults: `prefill_config`)."
-    base = prefill_config(page_size, device) if page_size is not None and device is not None else PREFILL_CONFIG
+    base = (
+        prefill_config(page_size, device) if page_size is not None and device is not None else PREFILL_CONFIG
+    )
     block_m = block_m or base["block_m"]
     pack = base["pack_heads"] if pack_heads is None else pack_heads
     return block_m // heads_per_program(num_heads, num_kv_heads, block_m, pack)
@@ -160,40 +300,78 @@ def queries_per_tile(num_heads: int, num_kv_heads: int, block_m: int | None = No
 # %% ../nbs/06b_triton_prefill.ipynb #c3a9e106
 _ALLOCATOR_SET = False
 
+
 def _ensure_tma_allocator() -> None:
-    "Tensor descriptors made inside a kernel need scratch memory from Triton's allocator: give it PyTorch's, once."
+    """Tensor descriptors made inside a kernel need scratch memory from Triton's allocator:
+    give it PyTorch's, once.
+    """
     global _ALLOCATOR_SET
     if not _ALLOCATOR_SET:
         triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
         _ALLOCATOR_SET = True
 
-def paged_prefill(q: torch.Tensor,          # [tokens, num_heads, head_dim] packed queries
-                  cache: PagedKVCache, layer: int,
-                  tiles: torch.Tensor,      # [num_tiles, 4] int32 from `prefill_tiles(..., queries_per_tile(...))`
-                  scale: float | None = None, block_m: int | None = None, block_n: int | None = None,
-                  num_warps: int | None = None, num_stages: int | None = None, pack_heads: bool | None = None,
-                  tma: bool | None = None) -> torch.Tensor:
-    "Causal paged attention for packed prefill chunks (and decode tokens among them). Returns `[tokens, num_heads, head_dim]`."
+
+def paged_prefill(
+    q: torch.Tensor,  # [tokens, num_heads, head_dim] packed queries
+    cache: PagedKVCache,
+    layer: int,
+    tiles: torch.Tensor,  # [num_tiles, 4] int32 from `prefill_tiles(..., queries_per_tile(...))`
+    scale: float | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+    pack_heads: bool | None = None,
+    tma: bool | None = None,
+) -> torch.Tensor:
+    """Causal paged attention for packed prefill chunks (and decode tokens among them).
+    Returns `[tokens, num_heads, head_dim]`.
+    """
     T, H, D = q.shape
     check_triton_head_dim(D)
     base = prefill_config(cache.page_size, q.device)
-    asked = dict(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages, pack_heads=pack_heads)
+    asked = dict(
+        block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages, pack_heads=pack_heads
+    )
     cfg = {k: v if v is not None else base[k] for k, v in asked.items()}
     can_tma = tma_prefill_ok(q.device, cache.page_size, cfg["block_n"])
     if tma and not can_tma:
-        raise ValueError(f"tma=True needs a GPU of compute capability 9+ and page_size ({cache.page_size}) a multiple "
-                         f"of block_n ({cfg['block_n']})")
+        raise ValueError(
+            f"tma=True needs a GPU of compute capability 9+ and page_size ({cache.page_size}) a multiple "
+            f"of block_n ({cfg['block_n']})"
+        )
     use_tma = can_tma if tma is None else tma
     GP = heads_per_program(H, cache.num_kv_heads, cfg["block_m"], cfg["pack_heads"])
-    k, v = cache.k[layer], cache.v[layer]                        # [num_pages, page_size, kv_heads, D]
+    k, v = cache.k[layer], cache.v[layer]  # [num_pages, page_size, kv_heads, D]
     out = torch.empty_like(q)
     scale = scale if scale is not None else 1.0 / math.sqrt(D)
     if use_tma:
         _ensure_tma_allocator()
     _prefill_kernel[(tiles.shape[0], H // GP)](
-        q, k, v, out, cache.block_table, tiles, k.shape[0] * k.shape[1],
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), cache.block_table.stride(0), scale,
-        KV=cache.num_kv_heads, G=H // cache.num_kv_heads, GP=GP, D=D, P=cache.page_size, BLOCK_M=cfg["block_m"],
-        BLOCK_N=cfg["block_n"], IEEE=q.dtype == torch.float32, TMA=use_tma, num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"])
+        q,
+        k,
+        v,
+        out,
+        cache.block_table,
+        tiles,
+        k.shape[0] * k.shape[1],
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        cache.block_table.stride(0),
+        scale,
+        KV=cache.num_kv_heads,
+        G=H // cache.num_kv_heads,
+        GP=GP,
+        D=D,
+        P=cache.page_size,
+        BLOCK_M=cfg["block_m"],
+        BLOCK_N=cfg["block_n"],
+        IEEE=q.dtype == torch.float32,
+        TMA=use_tma,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )
     return out
