@@ -1,10 +1,12 @@
-"""FMS's LLaMA on the paged cache (paged_flex.fms) against Hugging Face's LlamaForCausalLM on the same weights.
+"""FMS's LLaMA on the paged cache (paged_flex.fms) against Hugging Face's LlamaForCausalLM on the same
+weights.
 
 A random 3-layer GQA LLaMA (hidden 128, 4 query heads, 2 KV heads, vocabulary 300) is written to a temporary
-folder; fp32 on the CPU. Logits must agree within 1e-4 for packed prefill of mixed-length prompts, decode steps,
-chunked prefill and mixed steps; greedy generation must agree token for token. The pools are shuffled and foreign
-pages hold NaN, so a read outside a sequence's own pages would show.
+folder; fp32 on the CPU. Logits must agree within 1e-4 for packed prefill of mixed-length prompts, decode
+steps, chunked prefill and mixed steps; greedy generation must agree token for token. The pools are shuffled
+and foreign pages hold NaN, so a read outside a sequence's own pages would show.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -13,19 +15,29 @@ import transformers
 from transformers import LlamaForCausalLM
 
 from paged_flex.testing import poison
-from paged_flex.fms import (generate, load_llama, paged_cache_for, paged_forward, paged_kv_states, paged_step,
-                            pool_layer, register_paged_attention, save_random_llama)
+from paged_flex.fms import (
+    generate,
+    load_llama,
+    paged_cache_for,
+    paged_forward,
+    paged_kv_states,
+    paged_step,
+    pool_layer,
+    register_paged_attention,
+    save_random_llama,
+)
 from paged_flex.pages import OutOfPagesError
 
 TOL = 1e-4
-LENS = {0: 7, 3: 41, 5: 1, 6: 18}          # seq_id -> prompt length
+LENS = {0: 7, 3: 41, 5: 1, 6: 18}  # seq_id -> prompt length
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     transformers.utils.logging.disable_progress_bar()
-    folder = save_random_llama(tmp_path_factory.mktemp("llama"), num_hidden_layers=3, hidden_size=128,
-                               intermediate_size=256)
+    folder = save_random_llama(
+        tmp_path_factory.mktemp("llama"), num_hidden_layers=3, hidden_size=128, intermediate_size=256
+    )
     model, tokenizer = load_llama(folder, device="cpu")
     hf = LlamaForCausalLM.from_pretrained(folder).eval()
     hf.generation_config.eos_token_id = None
@@ -39,10 +51,12 @@ def prompts():
 
 
 def hf_logits(hf, ids):
-    with torch.no_grad(): return hf(torch.tensor([ids])).logits[0]
+    with torch.no_grad():
+        return hf(torch.tensor([ids])).logits[0]
 
 
-def max_diff(a, b): return (a.double() - b.double()).abs().max().item()
+def max_diff(a, b):
+    return (a.double() - b.double()).abs().max().item()
 
 
 def fresh_cache(model, num_pages=64, seed=0):
@@ -52,26 +66,33 @@ def fresh_cache(model, num_pages=64, seed=0):
 
 
 def packed(prompts):
-    return ([t for p in prompts.values() for t in p], [s for s, p in prompts.items() for _ in p],
-            [i for p in prompts.values() for i in range(len(p))])
+    return (
+        [t for p in prompts.values() for t in p],
+        [s for s, p in prompts.items() for _ in p],
+        [i for p in prompts.values() for i in range(len(p))],
+    )
 
 
 def prefill(model, cache, prompts, backend="auto"):
-    for s, p in prompts.items(): cache.reserve(s, len(p))
+    for s, p in prompts.items():
+        cache.reserve(s, len(p))
     tokens, ids, pos = packed(prompts)
     return paged_forward(model, tokens, paged_step(cache, ids, pos, backend))
 
 
 def test_registration_is_idempotent():
-    register_paged_attention(); register_paged_attention()
-    with pytest.raises(ValueError, match="already registered"): register_paged_attention("sdpa_causal")
+    register_paged_attention()
+    register_paged_attention()
+    with pytest.raises(ValueError, match="already registered"):
+        register_paged_attention("sdpa_causal")
 
 
 @pytest.mark.parametrize("backend", ["gather", "flex"])
 def test_prefill_and_decode_match_hf(models, prompts, backend):
     model, _, hf = models
     cache = fresh_cache(model)
-    for s, p in prompts.items(): cache.reserve(s, len(p) + 6)
+    for s, p in prompts.items():
+        cache.reserve(s, len(p) + 6)
     poison(cache, list(prompts), float("nan") if backend == "gather" else 1e4)
     logits = prefill(model, cache, prompts, backend)
     assert max_diff(logits, torch.cat([hf_logits(hf, p) for p in prompts.values()])) < TOL
@@ -79,7 +100,8 @@ def test_prefill_and_decode_match_hf(models, prompts, backend):
     ends = torch.tensor([len(p) for p in prompts.values()]).cumsum(0) - 1
     last = logits[ends]
     for _ in range(6):
-        for s, row in zip(seqs, last): seqs[s].append(int(row.argmax()))
+        for s, row in zip(seqs, last):
+            seqs[s].append(int(row.argmax()))
         step = paged_step(cache, list(seqs), [len(x) - 1 for x in seqs.values()], backend)
         last = paged_forward(model, [x[-1] for x in seqs.values()], step)
         assert max_diff(last, torch.stack([hf_logits(hf, x)[-1] for x in seqs.values()])) < TOL
@@ -90,7 +112,7 @@ def test_matches_fms_sdpa_causal(models, prompts):
     cache = fresh_cache(model)
     ours = prefill(model, cache, prompts)
     with torch.no_grad():
-        theirs = torch.cat([model(torch.tensor([p]))[0] for p in prompts.values()])   # FMS's default op
+        theirs = torch.cat([model(torch.tensor([p]))[0] for p in prompts.values()])  # FMS's default op
     assert max_diff(ours, theirs) < TOL
 
 
@@ -99,10 +121,11 @@ def test_chunked_prefill_and_mixed_step(models, prompts):
     cache = fresh_cache(model, seed=7)
     history = {0: prompts[0], 6: prompts[6]}
     prefill(model, cache, history)
-    for s in history: cache.reserve(s, len(prompts[s]) + 1)
+    for s in history:
+        cache.reserve(s, len(prompts[s]) + 1)
     cache.reserve(3, 41)
     first = paged_forward(model, prompts[3][:20], paged_step(cache, [3] * 20, range(20)))
-    nxt = [5, 9]                                                     # decode tokens for sequences 0 and 6
+    nxt = [5, 9]  # decode tokens for sequences 0 and 6
     step = paged_step(cache, [3] * 21 + [0, 6], list(range(20, 41)) + [len(prompts[0]), len(prompts[6])])
     second = paged_forward(model, prompts[3][20:] + nxt, step)
     assert max_diff(torch.cat([first, second[:21]]), hf_logits(hf, prompts[3])) < TOL
@@ -113,7 +136,8 @@ def test_chunked_prefill_and_mixed_step(models, prompts):
 def test_wrong_position_breaks_equality(models, prompts):
     model, _, hf = models
     cache = fresh_cache(model)
-    for s, p in prompts.items(): cache.reserve(s, len(p) + 1)
+    for s, p in prompts.items():
+        cache.reserve(s, len(p) + 1)
     tokens, ids, pos = packed(prompts)
     shifted = [p + (s == 3) for s, p in zip(ids, pos)]
     out = paged_forward(model, tokens, paged_step(cache, ids, shifted))
@@ -125,9 +149,16 @@ def test_greedy_generation_matches_hf_and_frees_pages(models, prompts):
     cache = fresh_cache(model, num_pages=96)
     ours = generate(model, tokenizer, list(prompts.values()), cache, max_new_tokens=64, eos_token_id=[])
     with torch.no_grad():
-        theirs = [hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                              max_new_tokens=64, do_sample=False, pad_token_id=0)[0, len(p):].tolist()
-                  for p in prompts.values()]
+        theirs = [
+            hf.generate(
+                torch.tensor([p]),
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                max_new_tokens=64,
+                do_sample=False,
+                pad_token_id=0,
+            )[0, len(p) :].tolist()
+            for p in prompts.values()
+        ]
     assert ours == theirs
     assert cache.num_free_pages == cache.num_pages and len(cache.block_tables) == 0
 
@@ -157,15 +188,30 @@ def test_pool_layer_and_misuse(models, prompts):
     tokens, ids, pos = packed(prompts)
     step = paged_step(cache, ids, pos)
     with pytest.raises(ValueError, match="past_key_value_states must be"):
-        model(torch.tensor([tokens]), position_ids=step.positions.view(1, -1), use_cache=True,
-              attn_name="paged_flex", paged_step=step)
+        model(
+            torch.tensor([tokens]),
+            position_ids=step.positions.view(1, -1),
+            use_cache=True,
+            attn_name="paged_flex",
+            paged_step=step,
+        )
     with pytest.raises(ValueError, match="use_cache=True"):
-        model(torch.tensor([tokens]), position_ids=step.positions.view(1, -1), past_key_value_states=paged_kv_states(cache),
-              attn_name="paged_flex", paged_step=step)
+        model(
+            torch.tensor([tokens]),
+            position_ids=step.positions.view(1, -1),
+            past_key_value_states=paged_kv_states(cache),
+            attn_name="paged_flex",
+            paged_step=step,
+        )
 
 
 def test_loader_errors(tmp_path, models):
-    with pytest.raises(FileNotFoundError, match="no model folder"): load_llama(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="no config.json"): load_llama(tmp_path)
-    folder = save_random_llama(tmp_path / "linear", tokenizer=False, rope_scaling={"rope_type": "linear", "factor": 2.0})
-    with pytest.raises(ValueError, match="rope_type 'linear' is not supported"): load_llama(folder)
+    with pytest.raises(FileNotFoundError, match="no model folder"):
+        load_llama(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_llama(tmp_path)
+    folder = save_random_llama(
+        tmp_path / "linear", tokenizer=False, rope_scaling={"rope_type": "linear", "factor": 2.0}
+    )
+    with pytest.raises(ValueError, match="rope_type 'linear' is not supported"):
+        load_llama(folder)
