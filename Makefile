@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo test test-cpu check-export docs docs-screenshot readme clean
+.PHONY: venv demo test test-cpu lint check-export docs docs-screenshot readme clean
 
 $(VENV)/.installed: settings.ini setup.py
 	bash tools/setup_env.sh "$(VENV)" "$(TORCH_SPEC)"
@@ -30,7 +30,11 @@ docs: venv
 docs-screenshot: docs
 	$(PY) -m pytest -q tests/test_docs.py -k screenshot && cp _site/screenshot.png docs/screenshot.png
 
-test: venv
+# ruff.toml: line length 110, one statement per line; notebooks are linted as the source of paged_flex/*.py
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: venv lint
 	bash tools/ensure_chromium.sh
 	$(PY) tools/check_sync.py
 	TRITON_INTERPRET=1 $(VENV)/bin/nbdev_test --n_workers 2 --timing
