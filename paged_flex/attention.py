@@ -7,14 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import BlockMask, flex_attention
+from typing import Any
+from torch.nn.attention.flex_attention import BlockMask, and_masks, flex_attention
 from .cache import PagedKVCache
 from .masks import sequence_local_mask
 from .backends import BACKENDS, attend, select_backend
+from .mods import variant_kinds
 
 # %% auto #0
-__all__ = ['bucket', 'StepMetadata', 'decode_block_mask', 'prefill_block_mask', 'step_metadata', 'PagedStep', 'attention_step',
-           'flex_paged_attention', 'gather_paged_attention', 'paged_attention']
+__all__ = ['bucket', 'StepMetadata', 'decode_block_mask', 'prefill_block_mask', 'logical_mods', 'with_mask_mod', 'step_metadata',
+           'PagedStep', 'attention_step', 'flex_paged_attention', 'gather_paged_attention', 'paged_attention']
 
 # %% ../nbs/05_paged_attention.ipynb #b3696d15
 def bucket(n: int, minimum: int = 16) -> int:
@@ -114,6 +116,48 @@ def prefill_block_mask(
         compute_q_blocks=False,
     )
 
+# %% ../nbs/05_paged_attention.ipynb #a21668cc
+def logical_mods(
+    cache: PagedKVCache, q_seq: torch.Tensor, q_pos: torch.Tensor, q_len: int, score_mod=None, mask_mod=None
+):
+    "`(mask_mod, score_mod)` over FlexAttention's (batch row, query row, slot), calling the logical mods."
+    P, logical = cache.page_size, cache.page_logical
+
+    def where(b, q_idx, kv_idx):
+        t = b * q_len + q_idx
+        return q_seq[t], q_pos[t], logical[kv_idx // P] * P + kv_idx % P
+
+    def mask(b, h, q_idx, kv_idx):
+        s, qp, kp = where(b, q_idx, kv_idx)
+        return mask_mod(s, h, qp, kp)
+
+    def score(sc, b, h, q_idx, kv_idx):
+        s, qp, kp = where(b, q_idx, kv_idx)
+        return score_mod(sc, s, h, qp, kp)
+
+    return mask if mask_mod is not None else None, score if score_mod is not None else None
+
+
+def with_mask_mod(bm: BlockMask, cache: PagedKVCache, q_seq, q_pos, q_len: int, mask_mod) -> BlockMask:
+    "`bm` with every listed page partial and its mask narrowed by the logical `mask_mod`."
+    n_part, n_full = bm.kv_num_blocks, bm.full_kv_num_blocks  # [B, 1, tiles]
+    j = torch.arange(bm.kv_indices.shape[-1] + bm.full_kv_indices.shape[-1], device=n_part.device)
+    part = bm.kv_indices.gather(-1, j.clamp(max=bm.kv_indices.shape[-1] - 1).expand(*n_part.shape, -1))
+    after = (j - n_part[..., None]).clamp(0, bm.full_kv_indices.shape[-1] - 1)
+    full = bm.full_kv_indices.gather(-1, after)
+    indices = torch.where(j < n_part[..., None], part, full).to(
+        torch.int32
+    )  # partial pages, then the full ones
+    mask, _ = logical_mods(cache, q_seq, q_pos, q_len, mask_mod=mask_mod)
+    return BlockMask.from_kv_blocks(
+        n_part + n_full,
+        indices,
+        BLOCK_SIZE=bm.BLOCK_SIZE,
+        mask_mod=and_masks(bm.mask_mod, mask),
+        seq_lengths=bm.seq_lengths,
+        compute_q_blocks=False,
+    )
+
 # %% ../nbs/05_paged_attention.ipynb #dfdbdfa5
 def step_metadata(
     cache: PagedKVCache,
@@ -123,6 +167,7 @@ def step_metadata(
     q_block: int = 128,
     max_len: int | None = None,
     block_mask: bool = True,
+    mask_mod=None,
 ) -> StepMetadata:
     "Pad the step's queries to a bucket and build its BlockMask from the block tables."
     n = len(seq_ids)
@@ -135,6 +180,8 @@ def step_metadata(
     bm = None
     if block_mask:
         bm = (decode_block_mask if decode else prefill_block_mask)(cache, q_seq, q_pos, q_block)
+        if mask_mod is not None:
+            bm = with_mask_mod(bm, cache, q_seq, q_pos, 1 if decode else n_pad, mask_mod)
     return StepMetadata(q_seq, q_pos, n, decode, bm, max_len)
 
 # %% ../nbs/05_paged_attention.ipynb #a1e5c3d7
@@ -151,6 +198,8 @@ class PagedStep:
     host_ids: torch.Tensor | None = None  # [tokens] the same sequence ids and positions on the host, for
     host_pos: torch.Tensor | None = None  # the Triton prefill kernels' query tiles
     _tiles: dict = field(default_factory=dict, repr=False)
+    score_mod: Any = None  # the step's attention variant (notebook 04c), on logical positions
+    mask_mod: Any = None
 
     def tiles(self, queries_per_tile: int) -> torch.Tensor:
         """`[num_tiles, 4]` query tiles of the Triton prefill kernels, on the device:
@@ -170,6 +219,8 @@ def attention_step(
     host_pos: torch.Tensor,  # [tokens] its position, on the host
     backend: str,
     decode: bool,
+    score_mod=None,
+    mask_mod=None,
 ) -> PagedStep:
     "The step's slots and metadata for registry backend `backend` (no checks: `paged_step` checks)."
     ids, pos = host_ids.long().to(cache.device), host_pos.long().to(cache.device)
@@ -180,8 +231,12 @@ def attention_step(
         decode=decode,
         max_len=int(host_pos.max()) + 1,
         block_mask=BACKENDS[backend].block_mask,
+        mask_mod=mask_mod,
     )
-    return PagedStep(cache, ids, pos, cache.slots(ids, pos), meta, backend, host_ids, host_pos)
+    slots = cache.slots(ids, pos)
+    return PagedStep(
+        cache, ids, pos, slots, meta, backend, host_ids, host_pos, score_mod=score_mod, mask_mod=mask_mod
+    )
 
 # %% ../nbs/05_paged_attention.ipynb #8a68e1ad
 _compiled_flex = None
@@ -202,6 +257,7 @@ def flex_paged_attention(
     meta: StepMetadata,
     scale: float | None = None,
     kernel_options: dict | None = None,
+    score_mod=None,
 ) -> torch.Tensor:
     "Paged attention through FlexAttention with `meta`'s BlockMask. Returns `[tokens, num_heads, head_dim]`."
     n, H, D = q.shape
@@ -217,15 +273,25 @@ def flex_paged_attention(
     fn = _flex() if q.is_cuda else flex_attention
     if q.is_cuda and kernel_options is None:
         kernel_options = {"BLOCK_N": min(cache.page_size, 64)}  # a KV tile may not span pages
+    q_len = 1 if meta.decode else n_pad
+    _, score = logical_mods(cache, meta.q_seq, meta.q_pos, q_len, score_mod=score_mod)
+    sinks = getattr(score_mod, "kernel", {}).get("sinks")
     out = fn(
         qq,
         k,
         v,
+        score_mod=score,
         block_mask=meta.block_mask,
         scale=scale,
         enable_gqa=H != cache.num_kv_heads,
         kernel_options=kernel_options,
+        return_lse=sinks is not None,
     )
+    if (
+        sinks is not None
+    ):  # softmax's denominator gains exp(sink): out * Z / (Z + e^sink) = out * sigmoid(lse - sink)
+        out, lse = out  # lse [B, H, L]
+        out = out * torch.sigmoid(lse - sinks.to(lse.device)[:, None]).unsqueeze(-1).to(out.dtype)
     out = out.squeeze(2) if meta.decode else out.squeeze(0).transpose(0, 1)
     return out[:n]
 
@@ -237,6 +303,8 @@ def gather_paged_attention(
     seq_ids: torch.Tensor,
     positions: torch.Tensor,
     scale: float | None = None,
+    score_mod=None,
+    mask_mod=None,
 ) -> torch.Tensor:
     """Paged attention by gathering each sequence's pages and running SDPA.
     Returns `[tokens, num_heads, head_dim]`.
@@ -257,9 +325,33 @@ def gather_paged_attention(
         qs = q[rows.to(q.device)].transpose(0, 1)  # [H, queries, D]
         k = k.transpose(0, 1).repeat_interleave(G, 0)
         v = v.transpose(0, 1).repeat_interleave(G, 0)
-        o = F.scaled_dot_product_attention(qs, k, v, attn_mask=allowed.to(q.device), scale=scale)
+        if score_mod is None and mask_mod is None:
+            o = F.scaled_dot_product_attention(qs, k, v, attn_mask=allowed.to(q.device), scale=scale)
+        else:
+            o = _attend_with_mods(qs, k, v, s, p.to(q.device), scale, score_mod, mask_mod)
         out[rows.to(q.device)] = o.transpose(0, 1)
     return out
+
+
+def _attend_with_mods(q, k, v, seq: int, pos, scale, score_mod, mask_mod) -> torch.Tensor:
+    "Attention of one sequence's queries `[H, Q, D]` over its keys `[H, n_kv, D]` with the mods, in float32."
+    H, Q, D = q.shape
+    n_kv, dev = k.shape[1], q.device
+    scores = q.float() @ k.float().transpose(1, 2) * (scale if scale is not None else D**-0.5)  # [H, Q, n_kv]
+    b, h = torch.tensor(seq, device=dev), torch.arange(H, device=dev)[:, None, None]
+    qi, ki = pos[None, :, None], torch.arange(n_kv, device=dev)[None, None, :]
+    allowed = torch.ones_like(scores, dtype=torch.bool) if getattr(mask_mod, "future", False) else ki <= qi
+    if mask_mod is not None:
+        allowed = allowed & mask_mod(b, h, qi, ki)
+    if score_mod is not None:
+        scores = score_mod(scores, b, h, qi, ki)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    sinks = getattr(score_mod, "kernel", {}).get("sinks")
+    if sinks is not None:  # one more column: the sink's logit, which has no value
+        scores = torch.cat([scores, sinks.to(dev, torch.float32)[:, None, None].expand(H, Q, 1)], -1)
+    w = torch.softmax(scores, -1).nan_to_num(0.0)[..., :n_kv]  # a query that sees no key: zeros
+    v = torch.where(allowed.any(1)[..., None], v.float(), 0.0)  # [H, n_kv, D]: no 0 * NaN from unseen keys
+    return (w @ v).to(q.dtype)
 
 # %% ../nbs/05_paged_attention.ipynb #1ce914b7
 def _check_call(q, cache, layer, seq_ids, positions):
@@ -292,13 +384,17 @@ def paged_attention(
     seq_ids: torch.Tensor,  # [tokens] sequence of each query
     positions: torch.Tensor,  # [tokens] logical position of each query
     scale: float | None = None,
+    score_mod=None,
+    mask_mod=None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Each query attends to its sequence's keys at positions <= its own.
+    """Each query attends to its sequence's keys at positions <= its own, narrowed by `mask_mod`.
     Returns `[tokens, num_heads, head_dim]`.
     """
     seq_ids, positions = _check_call(q, cache, layer, seq_ids, positions)
     ids, pos = seq_ids.cpu(), positions.cpu()
     decode = len(torch.unique(ids)) == len(ids)  # one query per sequence: batch rows
-    step = attention_step(cache, ids, pos, select_backend(cache, decode, backend), decode)
+    kinds = variant_kinds(score_mod, mask_mod)
+    name = select_backend(cache, decode, backend, variant=kinds)
+    step = attention_step(cache, ids, pos, name, decode, score_mod=score_mod, mask_mod=mask_mod)
     return attend(q, step, layer, scale)

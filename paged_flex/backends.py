@@ -75,6 +75,7 @@ class Backend:
     page_sizes: str = "any"
     page_size_ok: Callable[[int], bool] | None = None
     check: Callable | None = None  # check(case) -> None, or why it cannot run (software, GPU architecture)
+    variants: frozenset | None = frozenset()  # attention variants it runs (notebook 04c's kinds); None: any
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -98,9 +99,11 @@ class AttentionCase:
     page_size: int
     decode: bool
     cuda_graph: bool = False
+    variant: frozenset = frozenset()  # what the step's mods need (`variant_kinds`)
 
     def __str__(self):
         graph = " in a CUDA graph" if self.cuda_graph else ""
+        graph += f" with {', '.join(sorted(self.variant))}" if self.variant else ""
         return (
             f"a {'decode' if self.decode else 'prefill'} step{graph} on device {self.device.type} "
             f"({self.dtype}, head_dim {self.head_dim}, page_size {self.page_size})"
@@ -116,6 +119,8 @@ def why_not(backend: Backend, case: AttentionCase) -> str | None:
         return f"does not run {'decode' if case.decode else 'prefill'} steps"
     if case.cuda_graph and not backend.cuda_graph:
         return "cannot be captured in a CUDA graph"
+    if backend.variants is not None and not case.variant <= backend.variants:
+        return f"does not run {', '.join(sorted(case.variant - backend.variants))}"
     if backend.dtypes is not None and case.dtype not in backend.dtypes:
         return f"needs dtype {' or '.join(str(d) for d in backend.dtypes)}, not {case.dtype}"
     if backend.head_dim_ok is not None and not backend.head_dim_ok(case.head_dim):
@@ -131,7 +136,9 @@ def _wanted(backend: Backend, requested: str, device_type: str) -> bool:
     return requested in (backend.family, backend.name)
 
 
-def select_backend(cache, decode: bool, requested: str = "auto", cuda_graph: bool = False) -> str:
+def select_backend(
+    cache, decode: bool, requested: str = "auto", cuda_graph: bool = False, variant: frozenset = frozenset()
+) -> str:
     """The registry name of the backend that runs this step on `cache` (anything with device, dtype,
     head_dim, page_size).
     """
@@ -139,7 +146,13 @@ def select_backend(cache, decode: bool, requested: str = "auto", cuda_graph: boo
     if requested not in names:
         raise ValueError(f"backend must be one of {list(dict.fromkeys(names))}, got {requested!r}")
     case = AttentionCase(
-        torch.device(cache.device), cache.dtype, cache.head_dim, cache.page_size, decode, cuda_graph
+        torch.device(cache.device),
+        cache.dtype,
+        cache.head_dim,
+        cache.page_size,
+        decode,
+        cuda_graph,
+        frozenset(variant),
     )
     reasons = []
     for b in BACKENDS.values():
@@ -173,13 +186,15 @@ def attend(
 def _gather(q, step, layer, scale):
     from paged_flex.attention import gather_paged_attention
 
-    return gather_paged_attention(q, step.cache, layer, step.seq_ids, step.positions, scale)
+    return gather_paged_attention(
+        q, step.cache, layer, step.seq_ids, step.positions, scale, step.score_mod, step.mask_mod
+    )
 
 
 def _flex(q, step, layer, scale):
     from paged_flex.attention import flex_paged_attention
 
-    return flex_paged_attention(q, step.cache, layer, step.meta, scale)
+    return flex_paged_attention(q, step.cache, layer, step.meta, scale, score_mod=step.score_mod)
 
 
 def _flex_check(case: AttentionCase) -> str | None:
@@ -202,7 +217,17 @@ def _triton_decode(q, step, layer, scale):
     from paged_flex.triton_decode import paged_decode
 
     m = step.meta
-    return paged_decode(q.contiguous(), step.cache, layer, m.q_seq, m.q_pos, m.max_len, scale)
+    return paged_decode(
+        q.contiguous(),
+        step.cache,
+        layer,
+        m.q_seq,
+        m.q_pos,
+        m.max_len,
+        scale,
+        score_mod=step.score_mod,
+        mask_mod=step.mask_mod,
+    )
 
 
 def _triton_prefill(q, step, layer, scale):
@@ -236,6 +261,9 @@ def _hopper_prefill(q, step, layer, scale):
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _HALF = (torch.bfloat16, torch.float16)
 _POW2 = "a power of two >= 16"
+# what the Triton decode kernel takes of 04c's mods (prefix-LM is causal in decode: no later key exists)
+_DECODE_VARIANTS = frozenset({"window", "chunk", "softcap", "alibi", "sinks", "prefix"})
+_FLEX_VARIANTS = frozenset({"custom", "window", "chunk", "softcap", "alibi", "sinks"})  # not prefix-LM
 
 register_backend(
     Backend(
@@ -262,6 +290,7 @@ register_backend(
         ("cuda",),
         prefill=False,
         cuda_graph=True,
+        variants=_DECODE_VARIANTS,
         dtypes=_FLOATS,
         head_dims=_POW2,
         head_dim_ok=triton_head_dim_ok,
@@ -283,6 +312,15 @@ register_backend(
     )
 )
 register_backend(
-    Backend("flex", "flex", _flex, ("cuda", "cpu"), ("cuda",), block_mask=True, check=_flex_check)
+    Backend(
+        "flex",
+        "flex",
+        _flex,
+        ("cuda", "cpu"),
+        ("cuda",),
+        block_mask=True,
+        check=_flex_check,
+        variants=_FLEX_VARIANTS,
+    )
 )
-register_backend(Backend("gather", "gather", _gather, ("cuda", "cpu"), ("cuda", "cpu")))
+register_backend(Backend("gather", "gather", _gather, ("cuda", "cpu"), ("cuda", "cpu"), variants=None))

@@ -28,6 +28,9 @@ def _decode_split_kernel(
     Acc,
     ML,
     Out,
+    WIN,
+    SLOPES,
+    SINKS,  # [H] int32 windows, [H] float32 ALiBi slopes, [H] float32 sink logits (if used)
     stride_qt,
     stride_qh,
     stride_kp,
@@ -36,6 +39,8 @@ def _decode_split_kernel(
     stride_bt,
     tokens_per_split,
     sm_scale,
+    softcap,
+    chunk,
     G: tl.constexpr,
     G_PAD: tl.constexpr,
     D: tl.constexpr,
@@ -43,21 +48,35 @@ def _decode_split_kernel(
     BLOCK_N: tl.constexpr,
     SINGLE: tl.constexpr,
     IEEE: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    HAS_CHUNK: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
 ):
     b, hk, sp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n_splits = tl.num_programs(2)
     seq = tl.load(SEQ + b).to(tl.int64)
-    kv_len = tl.load(POS + b) + 1  # keys 0..pos are visible
-    start = sp * tokens_per_split
-    end = tl.minimum(start + tokens_per_split, kv_len)
+    q_pos = tl.load(POS + b)
+    kv_len = q_pos + 1  # keys 0..pos are visible
     g = tl.arange(0, G_PAD)
     d = tl.arange(0, D)
     heads = hk * G + g
+    lo = 0  # the first key any head of this program may see
+    if HAS_WINDOW:
+        lo_h = q_pos - tl.load(WIN + heads, mask=g < G, other=1) + 1  # [G_PAD] each head's first key
+        lo = tl.maximum(tl.min(tl.where(g < G, lo_h, kv_len), 0), 0)
+    if HAS_CHUNK:
+        lo = tl.maximum(lo, q_pos - q_pos % chunk)
+    start = lo + sp * tokens_per_split  # splits cover [lo, kv_len): only the pages the variant reads
+    end = tl.minimum(start + tokens_per_split, kv_len)
     q = tl.load(Q + b * stride_qt + heads[:, None] * stride_qh + d[None, :], mask=(g < G)[:, None], other=0.0)
     qk_scale = sm_scale * 1.4426950408889634  # softmax in base 2
     m_i = tl.full([G_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, D], tl.float32)
+    if HAS_ALIBI:
+        slope = tl.load(SLOPES + heads, mask=g < G, other=0.0)
     for i in range(0, tl.cdiv(end - start, BLOCK_N)):
         n = start + i * BLOCK_N + tl.arange(0, BLOCK_N)
         valid = n < end
@@ -68,8 +87,22 @@ def _decode_split_kernel(
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(k))
-        s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
+        if HAS_SOFTCAP or HAS_ALIBI:  # score mods act on natural-log scores: q.k * scale
+            s = s * sm_scale
+            if HAS_SOFTCAP:
+                s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)  # softcap * tanh(s / softcap)
+            if HAS_ALIBI:
+                s = s + slope[:, None] * (n - q_pos).to(tl.float32)[None, :]
+            s = s * 1.4426950408889634
+        else:
+            s = s * qk_scale
+        keep = valid[None, :]
+        if HAS_WINDOW:
+            keep = keep & (n[None, :] >= lo_h[:, None])
+        s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
+        if HAS_WINDOW:  # a head may see no key of this block: keep exp2 away from -inf - -inf
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
@@ -81,7 +114,10 @@ def _decode_split_kernel(
         m_i = m_new
     hmask = (g < G)[:, None]
     if SINGLE:
-        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        den = l_i
+        if HAS_SINKS:  # the sink's exp(logit) joins the denominator and brings no value
+            den = den + tl.exp2(tl.load(SINKS + heads, mask=g < G, other=0.0) * 1.4426950408889634 - m_i)
+        out = acc / tl.where(den > 0, den, 1.0)[:, None]
         tl.store(
             Out + b * stride_qt + heads[:, None] * stride_qh + d[None, :],
             out.to(Out.dtype.element_ty),
@@ -96,7 +132,17 @@ def _decode_split_kernel(
 
 @triton.jit
 def _decode_combine_kernel(
-    Acc, ML, Out, stride_ot, stride_oh, n_splits, H: tl.constexpr, D: tl.constexpr, S_PAD: tl.constexpr
+    Acc,
+    ML,
+    Out,
+    SINKS,
+    stride_ot,
+    stride_oh,
+    n_splits,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    S_PAD: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
 ):
     b, h = tl.program_id(0), tl.program_id(1)
     s = tl.arange(0, S_PAD)
@@ -106,10 +152,15 @@ def _decode_combine_kernel(
     m = tl.load(ML + base * 2, mask=ok, other=float("-inf"))
     l = tl.load(ML + base * 2 + 1, mask=ok, other=0.0)
     m_max = tl.max(m, 0)
+    if HAS_SINKS:  # the sink may hold the largest logit
+        sink = tl.load(SINKS + h) * 1.4426950408889634
+        m_max = tl.maximum(m_max, sink)
     w = tl.where(m > float("-inf"), tl.exp2(m - m_max), 0.0)  # empty splits weigh nothing
     acc = tl.load(Acc + base[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
     num = tl.sum(acc * w[:, None], 0)
     den = tl.sum(l * w, 0)
+    if HAS_SINKS:
+        den = den + tl.exp2(sink - m_max)
     out = num / tl.where(den > 0, den, 1.0)
     tl.store(Out + b * stride_ot + h * stride_oh + d, out.to(Out.dtype.element_ty))
 
@@ -135,6 +186,45 @@ def _target_programs(device) -> int:
     return _TARGET_PROGRAMS[device]
 
 
+def _variant_params(score_mod, mask_mod, num_heads: int, device) -> dict:
+    "The kernel's view of notebook 04c's mods: device tensors made once per mod and device."
+    kern = {**getattr(score_mod, "kernel", {}), **getattr(mask_mod, "kernel", {})}
+    if any(m is not None and not getattr(m, "kernel", None) for m in (score_mod, mask_mod)):
+        raise ValueError(
+            "the Triton decode kernel runs notebook 04c's ready-made mods only; "
+            "a hand-written mod runs on backend='flex' or 'gather'"
+        )
+    out = {
+        "window": None,
+        "chunk": kern.get("chunk", 0),
+        "softcap": kern.get("softcap", 0.0),
+        "alibi": None,
+        "sinks": None,
+    }
+    for mod in (score_mod, mask_mod):
+        if mod is None:
+            continue
+        cache = mod.__dict__.setdefault("device_tensors", {})
+        key = (str(device), num_heads)
+        if key not in cache:  # built before any CUDA graph captures a call that reads them
+            t = {}
+            if "window" in mod.kernel:
+                w = mod.kernel["window"]
+                w = w if isinstance(w, torch.Tensor) else torch.full((num_heads,), w)
+                t["window"] = w.to(device, torch.int32)
+            for name in ("alibi", "sinks"):
+                if name in mod.kernel:
+                    t[name] = mod.kernel[name].to(device, torch.float32)
+            for name, x in t.items():
+                if x.shape != (num_heads,):
+                    raise ValueError(
+                        f"{mod.name}: {name} has {x.shape[0]} values for {num_heads} query heads"
+                    )
+            cache[key] = t
+        out.update(cache[key])
+    return out
+
+
 def paged_decode(
     q: torch.Tensor,  # [B, num_heads, head_dim] one query per row
     cache: PagedKVCache,
@@ -147,21 +237,33 @@ def paged_decode(
     num_warps: int = 4,
     num_stages: int = 2,
     num_splits: int | None = None,
+    score_mod=None,
+    mask_mod=None,
 ) -> torch.Tensor:
-    "Split-KV paged decode attention straight from the block tables. Returns `[B, num_heads, head_dim]`."
+    """Split-KV paged decode attention straight from the block tables, with notebook 04c's ready-made mods.
+    Returns `[B, num_heads, head_dim]`.
+    """
     B, H, D = q.shape
     check_triton_head_dim(D)
     KV = cache.num_kv_heads
     G = H // KV
     k, v = cache.k[layer], cache.v[layer]  # [num_pages, page_size, kv_heads, D]
-    splits = num_splits or num_splits_for(B, KV, max_len, block_n, _target_programs(q.device))
-    tokens_per_split = -(-max(max_len, 1) // (splits * block_n)) * block_n
+    var = _variant_params(score_mod, mask_mod, H, q.device)
+    span = max_len  # keys a query may read: its window or chunk, at most
+    if var["window"] is not None:
+        span = min(span, int(var["window"].max()))
+    if var["chunk"]:
+        span = min(span, var["chunk"])
+    splits = num_splits or num_splits_for(B, KV, span, block_n, _target_programs(q.device))
+    tokens_per_split = -(-max(span, 1) // (splits * block_n)) * block_n
     out = torch.empty_like(q)
     acc = ml = out
     if splits > 1:
         acc = torch.empty(B * H * splits * D, dtype=torch.float32, device=q.device)
         ml = torch.empty(B * H * splits * 2, dtype=torch.float32, device=q.device)
     scale = scale if scale is not None else 1.0 / math.sqrt(D)
+    dummy = cache.block_table  # for pointers a variant does not use
+    win, slopes, sinks = (var[n] if var[n] is not None else dummy for n in ("window", "alibi", "sinks"))
     _decode_split_kernel[(B, KV, splits)](
         q,
         k,
@@ -172,6 +274,9 @@ def paged_decode(
         acc,
         ml,
         out,
+        win,
+        slopes,
+        sinks,
         q.stride(0),
         q.stride(1),
         k.stride(0),
@@ -180,6 +285,8 @@ def paged_decode(
         cache.block_table.stride(0),
         tokens_per_split,
         scale,
+        float(var["softcap"]) or 1.0,
+        int(var["chunk"]) or 1,
         G=G,
         G_PAD=max(16, triton.next_power_of_2(G)),
         D=D,
@@ -187,11 +294,26 @@ def paged_decode(
         BLOCK_N=block_n,
         SINGLE=splits == 1,
         IEEE=q.dtype == torch.float32,
+        HAS_WINDOW=var["window"] is not None,
+        HAS_CHUNK=bool(var["chunk"]),
+        HAS_SOFTCAP=bool(var["softcap"]),
+        HAS_ALIBI=var["alibi"] is not None,
+        HAS_SINKS=var["sinks"] is not None,
         num_warps=num_warps,
         num_stages=num_stages,
     )
     if splits > 1:
         _decode_combine_kernel[(B, H)](
-            acc, ml, out, out.stride(0), out.stride(1), splits, H=H, D=D, S_PAD=triton.next_power_of_2(splits)
+            acc,
+            ml,
+            out,
+            sinks,
+            out.stride(0),
+            out.stride(1),
+            splits,
+            H=H,
+            D=D,
+            S_PAD=triton.next_power_of_2(splits),
+            HAS_SINKS=var["sinks"] is not None,
         )
     return out
