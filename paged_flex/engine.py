@@ -118,8 +118,17 @@ class IncrementalDetokenizer:
 class ModelRunner:
     "Runs FMS's LLaMA on a `StepPlan` over the paged cache; returns logits of the rows that sample."
 
-    def __init__(self, model, cache: PagedKVCache, backend: str = "auto", cuda_graphs: bool = True):
+    def __init__(
+        self,
+        model,
+        cache: PagedKVCache,
+        backend: str = "auto",
+        cuda_graphs: bool = True,
+        score_mod=None,
+        mask_mod=None,
+    ):
         self.model, self.cache, self.backend = model, cache, backend
+        self.mods = {"score_mod": score_mod, "mask_mod": mask_mod}  # every layer's attention variant (04c)
         self.cuda_graphs = cuda_graphs and cache.device.type == "cuda"
         self.graphs: dict = {}  # (batch bucket, context bucket) -> DecodeGraph
         self.graph_pool = None
@@ -135,7 +144,9 @@ class ModelRunner:
         rest[plan.logit_indices] = False
         order = torch.cat([rest.nonzero().squeeze(1), plan.logit_indices])  # rows that sample go last
         t0 = time.perf_counter()
-        step = paged_step(self.cache, plan.seq_ids[order], plan.positions[order], self.backend, check=False)
+        step = paged_step(
+            self.cache, plan.seq_ids[order], plan.positions[order], self.backend, False, **self.mods
+        )
         t1 = time.perf_counter()
         logits = paged_forward(self.model, plan.token_ids[order], step, last_n_tokens=max(L, 1))
         _record(timings, self.cache.device, metadata=t1 - t0, model_since=t1)
@@ -172,7 +183,7 @@ def run_decode_steps(self: ModelRunner, plan: StepPlan, timings: dict | None = N
     else:
         tokens = plan.token_ids.to(dev)
         for i in range(k):
-            step = paged_step(self.cache, plan.seq_ids, plan.positions + i, self.backend, check=False)
+            step = paged_step(self.cache, plan.seq_ids, plan.positions + i, self.backend, False, **self.mods)
             out[i] = tokens = paged_forward(self.model, tokens, step, last_n_tokens=B).argmax(-1)
     _record(timings, dev, metadata=t1 - t0, model_since=t1)
     return out
@@ -232,9 +243,11 @@ def graph_buckets(batch: int, context: int) -> tuple[int, int]:
 def capture(self: ModelRunner, batch: int, context: int) -> DecodeGraph:
     "Capture one decode step of `batch` rows and context bucket `context` into a CUDA graph."
     from paged_flex.backends import select_backend
+    from paged_flex.mods import variant_kinds
 
     c, dev = self.cache, self.cache.device
-    backend = select_backend(c, decode=True, requested=self.backend, cuda_graph=True)
+    kinds = variant_kinds(**self.mods)
+    backend = select_backend(c, decode=True, requested=self.backend, cuda_graph=True, variant=kinds)
     if self.scratch_page is None:  # one page on a row the scheduler never uses: where padding rows go
         self.scratch_page = c.allocator.allocate(1)[0]
         c.block_table[self.scratch_row, 0] = self.scratch_page
@@ -245,7 +258,9 @@ def capture(self: ModelRunner, batch: int, context: int) -> DecodeGraph:
         torch.zeros(batch, dtype=torch.int32, device=dev),
         torch.zeros(batch, dtype=torch.int32, device=dev),
     )
-    step = PagedStep(c, ids, pos, slots, StepMetadata(q_seq, q_pos, batch, True, None, context), backend)
+    step = PagedStep(
+        c, ids, pos, slots, StepMetadata(q_seq, q_pos, batch, True, None, context), backend, **self.mods
+    )
 
     def forward():
         slots.copy_(c.block_tables.slots(ids, pos, c.page_size))
@@ -352,6 +367,8 @@ class LLMEngine:
         cuda_graphs: bool = True,
         num_scheduler_steps: int = 16,
         fused_kernels: bool = True,
+        score_mod=None,
+        mask_mod=None,
     ):
         if model_path is None:
             from paged_flex.assets import smollm2_folder
@@ -386,7 +403,7 @@ class LLMEngine:
             page_size=self.page_size,
         )
         self.scheduler = Scheduler(self.cache, self.scheduler_config)
-        self.runner = ModelRunner(self.model, self.cache, backend, cuda_graphs)
+        self.runner = ModelRunner(self.model, self.cache, backend, cuda_graphs, score_mod, mask_mod)
         self.sampler = Sampler()
         self.eos_id = getattr(self.tokenizer, "eos_token_id", None)
         self.vocab_size = self.model.config.src_vocab_size

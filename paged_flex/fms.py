@@ -15,6 +15,7 @@ from .cache import PagedKVCache, default_device
 from .block_tables import check_positive_int
 from .attention import PagedStep, attention_step
 from .backends import attend, select_backend
+from .mods import variant_kinds
 
 # %% auto #0
 __all__ = ['ATTN_NAME', 'SUPPORTED_ROPE', 'paged_step', 'paged_kv_states', 'pool_layer', 'PagedAttentionKwargs',
@@ -40,7 +41,13 @@ def _check_positions(cache: PagedKVCache, ids: torch.Tensor, pos: torch.Tensor) 
 
 
 def paged_step(
-    cache: PagedKVCache, seq_ids, positions, backend: str = "auto", check: bool = True
+    cache: PagedKVCache,
+    seq_ids,
+    positions,
+    backend: str = "auto",
+    check: bool = True,
+    score_mod=None,
+    mask_mod=None,
 ) -> PagedStep:
     """Check packed (sequence, position) pairs against the block tables;
     build their slots and attention metadata.
@@ -54,10 +61,11 @@ def paged_step(
     if ids.is_floating_point() or pos.is_floating_point() or torch.bool in (ids.dtype, pos.dtype):
         raise ValueError(f"seq_ids and positions must be integers, got {ids.dtype} and {pos.dtype}")
     decode = len(ids.unique()) == len(ids)  # one token per sequence
-    name = select_backend(cache, decode, backend)  # the registry decides, once per step
+    kinds = variant_kinds(score_mod, mask_mod)  # the attention variant (notebook 04c), if any
+    name = select_backend(cache, decode, backend, variant=kinds)  # the registry decides, once per step
     if check:  # the engine's scheduler guarantees them
         _check_positions(cache, ids, pos)
-    return attention_step(cache, ids, pos, name, decode)
+    return attention_step(cache, ids, pos, name, decode, score_mod=score_mod, mask_mod=mask_mod)
 
 # %% ../nbs/09_fms.ipynb #70986819
 def paged_kv_states(cache: PagedKVCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
