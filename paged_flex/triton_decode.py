@@ -200,6 +200,7 @@ def _variant_params(score_mod, mask_mod, num_heads: int, device) -> dict:
         "softcap": kern.get("softcap", 0.0),
         "alibi": None,
         "sinks": None,
+        "window_max": None,
     }
     for mod in (score_mod, mask_mod):
         if mod is None:
@@ -212,11 +213,12 @@ def _variant_params(score_mod, mask_mod, num_heads: int, device) -> dict:
                 w = mod.kernel["window"]
                 w = w if isinstance(w, torch.Tensor) else torch.full((num_heads,), w)
                 t["window"] = w.to(device, torch.int32)
+                t["window_max"] = int(w.max())  # on the host: a captured call must not read it back
             for name in ("alibi", "sinks"):
                 if name in mod.kernel:
                     t[name] = mod.kernel[name].to(device, torch.float32)
             for name, x in t.items():
-                if x.shape != (num_heads,):
+                if isinstance(x, torch.Tensor) and x.shape != (num_heads,):
                     raise ValueError(
                         f"{mod.name}: {name} has {x.shape[0]} values for {num_heads} query heads"
                     )
@@ -251,7 +253,7 @@ def paged_decode(
     var = _variant_params(score_mod, mask_mod, H, q.device)
     span = max_len  # keys a query may read: its window or chunk, at most
     if var["window"] is not None:
-        span = min(span, int(var["window"].max()))
+        span = min(span, var["window_max"])
     if var["chunk"]:
         span = min(span, var["chunk"])
     splits = num_splits or num_splits_for(B, KV, span, block_n, _target_programs(q.device))
