@@ -305,21 +305,26 @@ def gather_paged_attention(
     scale: float | None = None,
     score_mod=None,
     mask_mod=None,
+    k_pool: torch.Tensor
+    | None = None,  # [num_pages, page_size, kv_heads, D]: the layer's pools, if not the cache's
+    v_pool: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Paged attention by gathering each sequence's pages and running SDPA.
+    """Paged attention by gathering each sequence's pages and running SDPA (differentiable).
     Returns `[tokens, num_heads, head_dim]`.
     """
     n, H, D = q.shape
     G = H // cache.num_kv_heads
     out = torch.empty_like(q)
     ids, pos = seq_ids.cpu(), positions.cpu()
+    k_pool = cache.k[layer] if k_pool is None else k_pool
+    v_pool = cache.v[layer] if v_pool is None else v_pool
     for s in ids.unique().tolist():
         rows = (ids == s).nonzero().squeeze(1)
         p = pos[rows]
         n_kv = int(p.max()) + 1
         pages = cache.block_table[s, : -(-n_kv // cache.page_size)].long()
-        k = cache.k[layer, pages].reshape(-1, cache.num_kv_heads, D)[:n_kv]  # [n_kv, kv_heads, D]
-        v = cache.v[layer, pages].reshape(-1, cache.num_kv_heads, D)[:n_kv]
+        k = k_pool[pages].reshape(-1, cache.num_kv_heads, D)[:n_kv]  # [n_kv, kv_heads, D]
+        v = v_pool[pages].reshape(-1, cache.num_kv_heads, D)[:n_kv]
         allowed = torch.arange(n_kv)[None, :] <= p[:, None]  # [queries, n_kv]
         v = torch.where(allowed.any(0)[:, None, None].to(v.device), v, 0)
         qs = q[rows.to(q.device)].transpose(0, 1)  # [H, queries, D]

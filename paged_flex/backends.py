@@ -76,6 +76,9 @@ class Backend:
     page_size_ok: Callable[[int], bool] | None = None
     check: Callable | None = None  # check(case) -> None, or why it cannot run (software, GPU architecture)
     variants: frozenset | None = frozenset()  # attention variants it runs (notebook 04c's kinds); None: any
+    autograd: tuple[
+        str, ...
+    ] = ()  # device types where its own backward works (else: through the gather path)
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -180,7 +183,52 @@ def attend(
             f"step.backend must be a registered backend {list(BACKENDS)}, got {step.backend!r}: "
             f"build steps with paged_step() or select_backend()"
         )
+    if torch.is_grad_enabled() and step.cache.device.type not in backend.autograd:
+        k_pool, v_pool = step.cache.k[layer], step.cache.v[layer]
+        if q.requires_grad or k_pool.requires_grad or v_pool.requires_grad:
+            return _GradThroughGather.apply(q, k_pool, v_pool, backend, step, layer, scale)
     return backend.run(q, step, layer, scale)
+
+
+class _GradThroughGather(torch.autograd.Function):
+    "A backend's forward, with the backward of the gather path (recomputed, with autograd)."
+
+    @staticmethod
+    def forward(ctx, q, k_pool, v_pool, backend, step, layer, scale):
+        ctx.step, ctx.layer, ctx.scale = step, layer, scale
+        ctx.save_for_backward(q)
+        cache = step.cache
+        k_all, v_all = cache.k, cache.v
+        cache.k, cache.v = k_all.detach(), v_all.detach()  # the kernel sees plain tensors
+        try:
+            return backend.run(q.detach(), step, layer, scale)
+        finally:
+            cache.k, cache.v = k_all, v_all
+
+    @staticmethod
+    def backward(ctx, grad):
+        from paged_flex.attention import gather_paged_attention
+
+        (q,) = ctx.saved_tensors
+        s, layer = ctx.step, ctx.layer
+        with torch.enable_grad():  # the pools' values as they are now: later layers write other layers' pages
+            qd = q.detach().requires_grad_()
+            kd = s.cache.k[layer].detach().requires_grad_()
+            vd = s.cache.v[layer].detach().requires_grad_()
+            out = gather_paged_attention(
+                qd,
+                s.cache,
+                layer,
+                s.seq_ids,
+                s.positions,
+                ctx.scale,
+                s.score_mod,
+                s.mask_mod,
+                k_pool=kd,
+                v_pool=vd,
+            )
+            gq, gk, gv = torch.autograd.grad(out, (qd, kd, vd), grad)
+        return gq, gk, gv, None, None, None, None
 
 # %% ../nbs/05a_backends.ipynb #04671a9f
 def _gather(q, step, layer, scale):
@@ -321,6 +369,7 @@ register_backend(
         block_mask=True,
         check=_flex_check,
         variants=_FLEX_VARIANTS,
+        autograd=("cuda",),
     )
 )
 register_backend(Backend("gather", "gather", _gather, ("cuda", "cpu"), ("cuda", "cpu"), variants=None))
