@@ -66,6 +66,9 @@ class BlockTables:
         self._new_logical: dict[int, int] = {}  # page -> logical index, not yet on the device
         self._pages: dict[int, list[int]] = {}  # host mirror: seq_id -> its physical pages, in logical order
         self._lens: dict[int, int] = {}  # host mirror of seq_lens
+        self._dropped: dict[
+            int, int
+        ] = {}  # seq_id -> leading pages given back while it runs (out of its window)
 
     def __contains__(self, seq_id) -> bool:
         return seq_id in self._pages
@@ -117,11 +120,26 @@ class BlockTables:
             self._lens_stale = True
 
     def release(self, seq_id) -> list[int]:
-        "Forget `seq_id`; return the pages it owned."
-        pages = self._pages.pop(self.check_known(seq_id))
+        "Forget `seq_id`; return the pages it still owned (not those dropped before)."
+        pages = self._pages.pop(self.check_known(seq_id))[self._dropped.pop(seq_id, 0) :]
         del self._lens[seq_id]
         self._lens_stale = True
         return pages
+
+    def num_dropped(self, seq_id) -> int:
+        "Leading pages of `seq_id` already given back (`drop_front`)."
+        return self._dropped.get(self.check_known(seq_id), 0)
+
+    def drop_front(self, seq_id, num_pages: int) -> list[int]:
+        """Give back the first `num_pages` pages of `seq_id` (its logical indices and length stay);
+        returns those not dropped before. Their table entries go stale: only window-aware readers may run.
+        """
+        pages, done = self.pages(seq_id), self.num_dropped(seq_id)
+        num_pages = min(num_pages, len(pages))
+        if num_pages <= done:
+            return []
+        self._dropped[seq_id] = num_pages
+        return pages[done:num_pages]
 
     @property
     def table(self) -> torch.Tensor:

@@ -137,11 +137,19 @@ class PagedKVCache:
         self.allocator.share(pages)
         self.block_tables.extend(seq_id, pages, num_tokens)
 
+    def drop_pages(self, seq_id, num_pages: int) -> int:
+        "Free the first `num_pages` pages of running `seq_id` (out of its attention window); returns how many."
+        pages = self.block_tables.drop_front(seq_id, num_pages)
+        self.allocator.free(pages)
+        return len(pages)
+
     def fork(self, src: int, dst: int) -> None:
         """Make `dst` a copy of `src`: full pages are shared,
         the last partial page is copied (copy on write, done now).
         """
         n, pages = self.length(src), self.pages(src)
+        if self.block_tables.num_dropped(src):
+            raise ValueError(f"sequence {src} has dropped pages out of its window; fork() needs all of them")
         self.block_tables.check_id(dst)
         if dst in self.block_tables:
             raise ValueError(f"sequence {dst} already exists; fork() needs a new id")
@@ -196,8 +204,9 @@ class PagedKVCache:
         filled: dict[int, int] = {}  # page -> slots holding a token (shared pages counted once)
         for s in self.block_tables.seq_ids:
             n = self.block_tables.length(s)
-            for j, p in enumerate(self.block_tables.pages(s)):
-                filled[p] = max(filled.get(p, 0), min(P, n - j * P))
+            pages, dropped = self.block_tables.pages(s), self.block_tables.num_dropped(s)
+            for j in range(dropped, len(pages)):  # pages dropped out of a window hold nothing of `s`
+                filled[pages[j]] = max(filled.get(pages[j], 0), min(P, n - j * P))
         tokens = sum(filled.values())
         per_page = (
             2 * self.num_layers * self.page_size * self.num_kv_heads * self.head_dim * self.k.element_size()

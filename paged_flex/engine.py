@@ -32,8 +32,8 @@ from .block_tables import check_positive_int, check_page_size
 
 # %% auto #0
 __all__ = ['GRAPH_BATCHES', 'DEFAULT_PAGE_SIZE', 'SamplingParams', 'CompletionOutput', 'RequestOutput', 'IncrementalDetokenizer',
-           'ModelRunner', 'Sampler', 'DecodeGraph', 'graph_buckets', 'kv_bytes_per_page', 'EngineStats', 'LLMEngine',
-           'LLM']
+           'ModelRunner', 'Sampler', 'DecodeGraph', 'graph_buckets', 'kv_bytes_per_page', 'EngineStats', 'window_of',
+           'LLMEngine', 'LLM']
 
 # %% ../nbs/11_engine.ipynb #2280bfb7
 @dataclass
@@ -348,6 +348,12 @@ class EngineStats:
         default_factory=lambda: dict.fromkeys(("schedule", "metadata", "model", "sample", "update"), 0.0)
     )
 
+
+def window_of(mask_mod) -> int | None:
+    "The widest window of a `sliding_window` mask (notebook 04c): keys further back are never read again."
+    w = getattr(mask_mod, "kernel", {}).get("window")
+    return int(w.max()) if isinstance(w, torch.Tensor) else w
+
 # %% ../nbs/11_engine.ipynb #dbe3ffbb
 class LLMEngine:
     "vLLM's `LLMEngine` over the paged cache: one scheduler, runner, sampler and cache for the engine's life."
@@ -401,6 +407,7 @@ class LLMEngine:
             max_num_batched_tokens=max(max_num_batched_tokens or 4096, max_num_seqs),
             enable_prefix_caching=enable_prefix_caching,
             page_size=self.page_size,
+            sliding_window=window_of(mask_mod),  # pages behind every query's window are freed as it runs
         )
         self.scheduler = Scheduler(self.cache, self.scheduler_config)
         self.runner = ModelRunner(self.model, self.cache, backend, cuda_graphs, score_mod, mask_mod)

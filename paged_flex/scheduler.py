@@ -93,9 +93,13 @@ class SchedulerConfig:
     enable_prefix_caching: bool = True  # start prompts on the cached pages of identical prefixes
     page_size: int | None = None  # if given, must equal the cache's
     max_seq_len: int | None = None  # longest prompt + max_tokens; None: the cache's max_seq_len
+    # attention reads no key more than this many positions before the query: pages behind it are freed
+    sliding_window: int | None = None
 
     def __post_init__(self):
         check_positive_int("max_num_seqs", self.max_num_seqs)
+        if self.sliding_window is not None:
+            check_positive_int("sliding_window", self.sliding_window)
         check_positive_int("max_num_batched_tokens", self.max_num_batched_tokens)
         if self.prefill_chunk_size is None:
             self.prefill_chunk_size = self.max_num_batched_tokens
@@ -530,6 +534,8 @@ def update(self: Scheduler, plan: StepPlan, next_tokens, on_token=None) -> list[
             seq.num_computed += len(it.token_ids)
             if self.config.enable_prefix_caching:
                 self._register(seq)
+            if self.config.sliding_window is not None:
+                self._drop_out_of_window(seq)
             if token is None:
                 continue
             seq.token_ids.append(token)
@@ -552,6 +558,14 @@ def fail(self: Scheduler, plan: StepPlan, error: str) -> list[Sequence]:
         seq.error = error
         self._finish(seq, "error")
     return failed
+
+
+@patch
+def _drop_out_of_window(self: Scheduler, seq: Sequence) -> None:
+    "Free the pages of running `seq` that no later query can see: all before `next position - window + 1`."
+    first_needed = seq.num_computed - self.config.sliding_window + 1  # the next query is at num_computed
+    if first_needed >= self.page_size:
+        self.cache.drop_pages(seq.seq_id, first_needed // self.page_size)
 
 # %% ../nbs/10_scheduler.ipynb #c0119f96
 @patch
