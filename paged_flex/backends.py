@@ -283,7 +283,9 @@ def _triton_prefill(q, step, layer, scale):
 
     c = step.cache
     qpt = queries_per_tile(q.shape[1], c.num_kv_heads, page_size=c.page_size, device=q.device)
-    return paged_prefill(q.contiguous(), c, layer, step.tiles(qpt), scale)
+    return paged_prefill(
+        q.contiguous(), c, layer, step.tiles(qpt), scale, score_mod=step.score_mod, mask_mod=step.mask_mod
+    )
 
 # %% ../nbs/05a_backends.ipynb #e07188a3
 def _hopper_check(case: AttentionCase) -> str | None:
@@ -353,6 +355,7 @@ register_backend(
         ("cuda", "cpu"),
         ("cuda",),
         decode=False,
+        variants=_DECODE_VARIANTS - {"prefix"},  # prefix-LM reads keys after the query: not here
         dtypes=_FLOATS,
         head_dims=_POW2,
         head_dim_ok=triton_head_dim_ok,

@@ -10,7 +10,7 @@ import torch
 
 # %% auto #0
 __all__ = ['Mod', 'sliding_window', 'chunked_local', 'prefix_lm', 'show_mask', 'softcap', 'alibi_slopes', 'alibi',
-           'attention_sinks', 'score_mods', 'variant_kinds', 'mod_reference']
+           'attention_sinks', 'score_mods', 'variant_kinds', 'kernel_params', 'mod_reference']
 
 # %% ../nbs/04c_mods.ipynb #9bb246f5
 class Mod:
@@ -154,6 +154,47 @@ def variant_kinds(score_mod=None, mask_mod=None) -> frozenset[str]:
             raise ValueError(f"{mod.name} is a {mod.kind}_mod, passed as {want}_mod")
         kinds |= set(mod.kernel) if isinstance(mod, Mod) and mod.kernel else {"custom"}
     return frozenset(kinds)
+
+# %% ../nbs/04c_mods.ipynb #23df38be
+def kernel_params(score_mod, mask_mod, num_heads: int, device) -> dict:
+    "What our Triton kernels take of the mods: window, chunk, cap, and device tensors made once per mod."
+    kern = {**getattr(score_mod, "kernel", {}), **getattr(mask_mod, "kernel", {})}
+    if any(m is not None and not getattr(m, "kernel", None) for m in (score_mod, mask_mod)):
+        raise ValueError(
+            "the Triton kernels run notebook 04c's ready-made mods only; "
+            "a hand-written mod runs on backend='flex' or 'gather'"
+        )
+    out = {
+        "window": None,
+        "chunk": kern.get("chunk", 0),
+        "softcap": kern.get("softcap", 0.0),
+        "alibi": None,
+        "sinks": None,
+        "window_max": None,
+    }
+    for mod in (score_mod, mask_mod):
+        if mod is None:
+            continue
+        cache = mod.__dict__.setdefault("device_tensors", {})
+        key = (str(device), num_heads)
+        if key not in cache:  # built before any CUDA graph captures a call that reads them
+            t = {}
+            if "window" in mod.kernel:
+                w = mod.kernel["window"]
+                w = w if isinstance(w, torch.Tensor) else torch.full((num_heads,), w)
+                t["window"] = w.to(device, torch.int32)
+                t["window_max"] = int(w.max())  # on the host: a captured call must not read it back
+            for name in ("alibi", "sinks"):
+                if name in mod.kernel:
+                    t[name] = mod.kernel[name].to(device, torch.float32)
+            for name, x in t.items():
+                if isinstance(x, torch.Tensor) and x.shape != (num_heads,):
+                    raise ValueError(
+                        f"{mod.name}: {name} has {x.shape[0]} values for {num_heads} query heads"
+                    )
+            cache[key] = t
+        out.update(cache[key])
+    return out
 
 # %% ../nbs/04c_mods.ipynb #db4c0629
 def mod_reference(

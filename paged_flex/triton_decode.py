@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 from .cache import PagedKVCache
 from .backends import check_triton_head_dim, prepare_triton
+from .mods import kernel_params
 
 prepare_triton()
 
@@ -186,47 +187,6 @@ def _target_programs(device) -> int:
     return _TARGET_PROGRAMS[device]
 
 
-def _variant_params(score_mod, mask_mod, num_heads: int, device) -> dict:
-    "The kernel's view of notebook 04c's mods: device tensors made once per mod and device."
-    kern = {**getattr(score_mod, "kernel", {}), **getattr(mask_mod, "kernel", {})}
-    if any(m is not None and not getattr(m, "kernel", None) for m in (score_mod, mask_mod)):
-        raise ValueError(
-            "the Triton decode kernel runs notebook 04c's ready-made mods only; "
-            "a hand-written mod runs on backend='flex' or 'gather'"
-        )
-    out = {
-        "window": None,
-        "chunk": kern.get("chunk", 0),
-        "softcap": kern.get("softcap", 0.0),
-        "alibi": None,
-        "sinks": None,
-        "window_max": None,
-    }
-    for mod in (score_mod, mask_mod):
-        if mod is None:
-            continue
-        cache = mod.__dict__.setdefault("device_tensors", {})
-        key = (str(device), num_heads)
-        if key not in cache:  # built before any CUDA graph captures a call that reads them
-            t = {}
-            if "window" in mod.kernel:
-                w = mod.kernel["window"]
-                w = w if isinstance(w, torch.Tensor) else torch.full((num_heads,), w)
-                t["window"] = w.to(device, torch.int32)
-                t["window_max"] = int(w.max())  # on the host: a captured call must not read it back
-            for name in ("alibi", "sinks"):
-                if name in mod.kernel:
-                    t[name] = mod.kernel[name].to(device, torch.float32)
-            for name, x in t.items():
-                if isinstance(x, torch.Tensor) and x.shape != (num_heads,):
-                    raise ValueError(
-                        f"{mod.name}: {name} has {x.shape[0]} values for {num_heads} query heads"
-                    )
-            cache[key] = t
-        out.update(cache[key])
-    return out
-
-
 def paged_decode(
     q: torch.Tensor,  # [B, num_heads, head_dim] one query per row
     cache: PagedKVCache,
@@ -250,7 +210,7 @@ def paged_decode(
     KV = cache.num_kv_heads
     G = H // KV
     k, v = cache.k[layer], cache.v[layer]  # [num_pages, page_size, kv_heads, D]
-    var = _variant_params(score_mod, mask_mod, H, q.device)
+    var = kernel_params(score_mod, mask_mod, H, q.device)
     span = max_len  # keys a query may read: its window or chunk, at most
     if var["window"] is not None:
         span = min(span, var["window_max"])

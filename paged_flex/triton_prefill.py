@@ -12,6 +12,7 @@ from .cache import PagedKVCache
 from .backends import check_triton_head_dim, prepare_triton
 
 prepare_triton()
+from .mods import kernel_params
 
 # %% auto #0
 __all__ = ['PREFILL_CONFIG', 'TMA_CONFIG', 'prefill_tiles', 'cuda_capability', 'tma_prefill_ok', 'prefill_config',
@@ -64,12 +65,19 @@ def _attend_block(
     stride_kh,
     stride_bt,
     qk_scale,
+    lo_row,  # [BLOCK_M] first key each row may see (HAS_LO)
+    slope_row,  # [BLOCK_M] ALiBi slope of each row's head (HAS_ALIBI)
+    sm_scale,
+    softcap,
     D: tl.constexpr,
     P: tl.constexpr,
     BLOCK_N: tl.constexpr,
     IEEE: tl.constexpr,
     DIAGONAL: tl.constexpr,
     TMA: tl.constexpr,
+    HAS_LO: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
 ):
     """One block of BLOCK_N keys: scores, online softmax, accumulate.
     Only diagonal blocks mask; TMA blocks lie in one page.
@@ -91,12 +99,25 @@ def _attend_block(
         else:
             k = tl.load(K + kv_row[:, None] + d[None, :])
     if IEEE:
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
     else:
-        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.dot(q, tl.trans(k))
+    if HAS_SOFTCAP or HAS_ALIBI:  # score mods act on natural-log scores: q.k * scale
+        s = s * sm_scale
+        if HAS_SOFTCAP:
+            s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)  # softcap * tanh(s / softcap)
+        if HAS_ALIBI:
+            s = s + slope_row[:, None] * (n[None, :] - q_pos[:, None]).to(tl.float32)
+        s = s * 1.4426950408889634
+    else:
+        s = s * qk_scale
     if DIAGONAL:
         s = tl.where(n[None, :] <= q_pos[:, None], s, float("-inf"))
+    if HAS_LO:
+        s = tl.where(n[None, :] >= lo_row[:, None], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
+    if HAS_LO:  # a row may see no key of this block: keep exp2 away from -inf - -inf
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
@@ -130,6 +151,11 @@ def _prefill_kernel(
     stride_kh,
     stride_bt,
     sm_scale,
+    WIN,  # [H] int32 windows (HAS_WINDOW)
+    SLOPES,  # [H] float32 ALiBi slopes (HAS_ALIBI)
+    SINKS,  # [H] float32 sink logits (HAS_SINKS)
+    softcap,
+    chunk,
     KV: tl.constexpr,
     G: tl.constexpr,
     GP: tl.constexpr,
@@ -139,6 +165,11 @@ def _prefill_kernel(
     BLOCK_N: tl.constexpr,
     IEEE: tl.constexpr,
     TMA: tl.constexpr,
+    HAS_WINDOW: tl.constexpr = False,
+    HAS_CHUNK: tl.constexpr = False,
+    HAS_SOFTCAP: tl.constexpr = False,
+    HAS_ALIBI: tl.constexpr = False,
+    HAS_SINKS: tl.constexpr = False,
 ):
     tile, hg = tl.program_id(0), tl.program_id(1)  # hg: a group of GP query heads that share one KV head
     hk = (hg * GP) // G
@@ -170,7 +201,20 @@ def _prefill_kernel(
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     kv_end = p0 + n_q  # keys 0 .. kv_end-1 are visible to someone in the tile
     n_free = p0 // BLOCK_N  # key blocks before the tile's first query: no mask
-    for j in range(0, n_free):
+    head_row = hg * GP + m % GP  # [BLOCK_M] the query head of each row
+    lo_row = tl.zeros([BLOCK_M], tl.int32)
+    if HAS_WINDOW:
+        lo_row = q_pos - tl.load(WIN + head_row) + 1
+    if HAS_CHUNK:
+        lo_row = tl.maximum(lo_row, q_pos - q_pos % chunk)
+    slope_row = tl.zeros([BLOCK_M], tl.float32)
+    if HAS_ALIBI:
+        slope_row = tl.load(SLOPES + head_row)
+    j_first = 0  # blocks j_first .. n_free - 1 need no mask
+    if HAS_WINDOW or HAS_CHUNK:  # from the tile's first key block on; every block masked
+        n_free = tl.maximum(tl.min(tl.where(q_ok, lo_row, kv_end), 0), 0) // BLOCK_N
+        j_first = n_free
+    for j in range(j_first, n_free):
         acc, m_i, l_i = _attend_block(
             acc,
             m_i,
@@ -191,12 +235,19 @@ def _prefill_kernel(
             stride_kh,
             stride_bt,
             qk_scale,
+            lo_row,
+            slope_row,
+            sm_scale,
+            softcap,
             D,
             P,
             BLOCK_N,
             IEEE,
             False,
             TMA,
+            False,
+            HAS_SOFTCAP,
+            HAS_ALIBI,
         )
     for j in range(n_free, tl.cdiv(kv_end, BLOCK_N)):
         acc, m_i, l_i = _attend_block(
@@ -219,14 +270,24 @@ def _prefill_kernel(
             stride_kh,
             stride_bt,
             qk_scale,
+            lo_row,
+            slope_row,
+            sm_scale,
+            softcap,
             D,
             P,
             BLOCK_N,
             IEEE,
             True,
             False,
+            HAS_WINDOW or HAS_CHUNK,
+            HAS_SOFTCAP,
+            HAS_ALIBI,
         )
-    out = acc / l_i[:, None]
+    den = l_i
+    if HAS_SINKS:  # the sink's exp(logit) joins the denominator and brings no value
+        den = den + tl.exp2(tl.load(SINKS + head_row) * 1.4426950408889634 - m_i)
+    out = acc / den[:, None]
     tl.store(O + q_ptr, out.to(O.dtype.element_ty), mask=q_ok[:, None])
 
 # %% ../nbs/06b_triton_prefill.ipynb #01fd9f6b
@@ -323,6 +384,8 @@ def paged_prefill(
     num_stages: int | None = None,
     pack_heads: bool | None = None,
     tma: bool | None = None,
+    score_mod=None,
+    mask_mod=None,
 ) -> torch.Tensor:
     """Causal paged attention for packed prefill chunks (and decode tokens among them).
     Returns `[tokens, num_heads, head_dim]`.
@@ -339,6 +402,11 @@ def paged_prefill(
         raise ValueError(
             f"tma=True needs a GPU of compute capability 9+ and page_size ({cache.page_size}) a multiple "
             f"of block_n ({cfg['block_n']})"
+        )
+    var = kernel_params(score_mod, mask_mod, H, q.device)
+    if "prefix" in getattr(mask_mod, "kernel", {}):
+        raise ValueError(
+            "the Triton prefill kernel does not run prefix-LM (keys after the query): use backend='gather'"
         )
     use_tma = can_tma if tma is None else tma
     GP = heads_per_program(H, cache.num_kv_heads, cfg["block_m"], cfg["pack_heads"])
@@ -362,6 +430,9 @@ def paged_prefill(
         k.stride(2),
         cache.block_table.stride(0),
         scale,
+        *(var[n] if var[n] is not None else cache.block_table for n in ("window", "alibi", "sinks")),
+        float(var["softcap"]) or 1.0,
+        int(var["chunk"]) or 1,
         KV=cache.num_kv_heads,
         G=H // cache.num_kv_heads,
         GP=GP,
@@ -371,6 +442,11 @@ def paged_prefill(
         BLOCK_N=cfg["block_n"],
         IEEE=q.dtype == torch.float32,
         TMA=use_tma,
+        HAS_WINDOW=var["window"] is not None,
+        HAS_CHUNK=bool(var["chunk"]),
+        HAS_SOFTCAP=bool(var["softcap"]),
+        HAS_ALIBI=var["alibi"] is not None,
+        HAS_SINKS=var["sinks"] is not None,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
