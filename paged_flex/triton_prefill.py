@@ -13,6 +13,7 @@ from .backends import check_triton_head_dim, prepare_triton
 
 prepare_triton()
 from .mods import kernel_params
+from .triton_decode import softcap_scores
 
 # %% auto #0
 __all__ = ['PREFILL_CONFIG', 'TMA_CONFIG', 'prefill_tiles', 'cuda_capability', 'tma_prefill_ok', 'prefill_config',
@@ -78,6 +79,7 @@ def _attend_block(
     HAS_LO: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
     HAS_ALIBI: tl.constexpr,
+    FAST_TANH: tl.constexpr,
 ):
     """One block of BLOCK_N keys: scores, online softmax, accumulate.
     Only diagonal blocks mask; TMA blocks lie in one page.
@@ -105,7 +107,7 @@ def _attend_block(
     if HAS_SOFTCAP or HAS_ALIBI:  # score mods act on natural-log scores: q.k * scale
         s = s * sm_scale
         if HAS_SOFTCAP:
-            s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)  # softcap * tanh(s / softcap)
+            s = softcap_scores(s, softcap, FAST_TANH)
         if HAS_ALIBI:
             s = s + slope_row[:, None] * (n[None, :] - q_pos[:, None]).to(tl.float32)
         s = s * 1.4426950408889634
@@ -170,6 +172,7 @@ def _prefill_kernel(
     HAS_SOFTCAP: tl.constexpr = False,
     HAS_ALIBI: tl.constexpr = False,
     HAS_SINKS: tl.constexpr = False,
+    FAST_TANH: tl.constexpr = False,
 ):
     tile, hg = tl.program_id(0), tl.program_id(1)  # hg: a group of GP query heads that share one KV head
     hk = (hg * GP) // G
@@ -248,6 +251,7 @@ def _prefill_kernel(
             False,
             HAS_SOFTCAP,
             HAS_ALIBI,
+            FAST_TANH,
         )
     for j in range(n_free, tl.cdiv(kv_end, BLOCK_N)):
         acc, m_i, l_i = _attend_block(
@@ -283,6 +287,7 @@ def _prefill_kernel(
             HAS_WINDOW or HAS_CHUNK,
             HAS_SOFTCAP,
             HAS_ALIBI,
+            FAST_TANH,
         )
     den = l_i
     if HAS_SINKS:  # the sink's exp(logit) joins the denominator and brings no value
@@ -447,6 +452,7 @@ def paged_prefill(
         HAS_SOFTCAP=bool(var["softcap"]),
         HAS_ALIBI=var["alibi"] is not None,
         HAS_SINKS=var["sinks"] is not None,
+        FAST_TANH=q.is_cuda and q.dtype != torch.float32,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )

@@ -7,7 +7,8 @@
    sliding window, TFLOP/s on the scores it must compute.
 3. The engine with a sliding window on W1's model in fp32: greedy tokens with pages freed behind the window
    equal those of a run that keeps every page (CUDA graphs and multi-step plans on), and the peak KV pages.
-usage: python tools/gpu/variants_prefill.py   (writes $OUT/variants_prefill.json)
+usage: [ONLY=a,b] [NO_ENGINE=1] python tools/gpu/variants_prefill.py  (writes $OUT/variants_prefill.json)
+ONLY keeps the named variants of parts 1 and 2.
 """
 
 import datetime, json, os, random, sys, time
@@ -34,6 +35,7 @@ from paged_flex.mods import (
 )
 
 dev, T0 = "cuda", time.time()
+ONLY = set(filter(None, os.environ.get("ONLY", "").split(",")))
 res = {
     "device": torch.cuda.get_device_name(),
     "torch": torch.__version__,
@@ -62,6 +64,8 @@ small = {
 }
 for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
     for name, (sm, mm) in small.items():
+        if ONLY and name not in ONLY:
+            continue
         for P in (16, 64):
             cache, q, ids, pos, batch = random_case(
                 seed=P,
@@ -127,6 +131,8 @@ for P in (16, 128):
     tiles_h = prefill_tiles(ids.cpu(), posn.cpu(), qpt_h).to(dev)
     t_hopper = bench(lambda: hopper_launch(q, cache, 0, tiles_h, None, HOPPER_CONFIG))
     for name, (sm, mm) in variants.items():
+        if ONLY and name not in ONLY:
+            continue
         o = paged_prefill(q, cache, 0, tiles, score_mod=sm, mask_mod=mm)
         err = 0.0
         for i in sorted(range(len(lens)), key=lambda i: lens[i])[:2]:  # the two shortest: a float64 reference
@@ -163,6 +169,9 @@ for P in (16, 128):
     torch.cuda.empty_cache()
 
 # 3. the engine with a sliding window (fp32, W1's model shape, random weights)
+if os.environ.get("NO_ENGINE"):
+    json.dump(res, open(os.path.join(os.environ.get("OUT", "."), "variants_prefill.json"), "w"), indent=1)
+    sys.exit(0)
 from paged_flex.bench import W1_CONFIG, random_model_folder, random_prompts
 from paged_flex.engine import LLM, SamplingParams
 
