@@ -18,6 +18,7 @@ from .cache import PagedKVCache, default_device
 from .scheduler import Scheduler, SchedulerConfig, Sequence, StepPlan
 from paged_flex.fms import (
     load_llama,
+    model_mask_mod,
     paged_cache_for,
     paged_step,
     paged_forward,
@@ -382,7 +383,9 @@ class LLMEngine:
             model_path = smollm2_folder()
         self.device = torch.device(device) if device is not None else default_device()
         self.model, self.tokenizer = load_llama(model_path, self.device, dtype)
-        if fused_kernels and self.device.type == "cuda":
+        if mask_mod is None:  # the checkpoint's own variant (a Mistral's sliding window), unless one is given
+            mask_mod = model_mask_mod(model_path)
+        if fused_kernels and self.device.type == "cuda" and type(self.model).__name__ == "LLaMA":
             from paged_flex.fused import fuse_llama  # Triton kernels: only where a GPU runs them
 
             fuse_llama(self.model)

@@ -15,13 +15,14 @@ from .cache import PagedKVCache, default_device
 from .block_tables import check_positive_int
 from .attention import PagedStep, attention_step
 from .backends import attend, select_backend
-from .mods import variant_kinds
+from .mods import sliding_window, variant_kinds
 
 # %% auto #0
-__all__ = ['ATTN_NAME', 'SUPPORTED_ROPE', 'paged_step', 'paged_kv_states', 'pool_layer', 'PagedAttentionKwargs',
-           'register_paged_attention', 'model_kv_shape', 'paged_cache_for', 'check_cache_fits', 'paged_attn_kwargs',
-           'paged_forward', 'fms_rope_scaling', 'check_llama_folder', 'load_llama', 'save_random_llama', 'sample',
-           'check_sampling', 'encode_prompts', 'generate']
+__all__ = ['ATTN_NAME', 'SUPPORTED_ROPE', 'SUPPORTED_MODELS', 'paged_step', 'paged_kv_states', 'pool_layer',
+           'PagedAttentionKwargs', 'register_paged_attention', 'model_kv_shape', 'paged_cache_for', 'check_cache_fits',
+           'paged_attn_kwargs', 'paged_forward', 'fms_rope_scaling', 'check_llama_folder', 'fms_overrides',
+           'model_mask_mod', 'load_llama', 'save_random_llama', 'sample', 'check_sampling', 'encode_prompts',
+           'generate']
 
 # %% ../nbs/09_fms.ipynb #476e6077
 def _check_positions(cache: PagedKVCache, ids: torch.Tensor, pos: torch.Tensor) -> None:
@@ -176,9 +177,9 @@ register_paged_attention()
 
 # %% ../nbs/09_fms.ipynb #1c1a25a6
 def model_kv_shape(model) -> tuple[int, int, int]:
-    "`(num_layers, kv_heads, head_dim)` of an FMS LLaMA."
+    "`(num_layers, kv_heads, head_dim)` of an FMS decoder (LLaMA, Mistral, Qwen3, Granite)."
     c = model.config
-    return c.nlayers, c.kvheads or c.nheads, c.emb_dim // c.nheads
+    return c.nlayers, c.kvheads or c.nheads, getattr(c, "head_dim", None) or c.emb_dim // c.nheads
 
 
 def paged_cache_for(
@@ -238,6 +239,7 @@ def paged_forward(model, input_ids, step: PagedStep, last_n_tokens: int = 0) -> 
 
 # %% ../nbs/09_fms.ipynb #b6922372
 SUPPORTED_ROPE = ("default", "llama3")
+SUPPORTED_MODELS = ("llama", "mistral", "qwen3", "granite")  # FMS decoders whose attention runs on our op
 
 
 def fms_rope_scaling(hf_config) -> dict:
@@ -265,10 +267,18 @@ def check_llama_folder(folder) -> tuple[Path, LlamaConfig]:
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
         raise FileNotFoundError(f"{str(folder)!r} has no weights (*.safetensors or pytorch_model*.bin)")
     config = AutoConfig.from_pretrained(folder)
-    if config.model_type != "llama":
-        raise ValueError(f"{str(folder)!r} holds a {config.model_type!r} model, not 'llama'")
+    if config.model_type not in SUPPORTED_MODELS:
+        raise ValueError(
+            f"{str(folder)!r} holds a {config.model_type!r} model, not 'llama' or another decoder "
+            f"paged_flex runs ({', '.join(SUPPORTED_MODELS)})"
+        )
+    if getattr(config, "use_sliding_window", False):
+        raise ValueError(
+            f"{str(folder)!r}: Qwen3's per-layer sliding windows (use_sliding_window=True) are not "
+            f"supported; a window for every layer is (a Mistral config's sliding_window)"
+        )
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    if head_dim * config.num_attention_heads != config.hidden_size:
+    if config.model_type == "llama" and head_dim * config.num_attention_heads != config.hidden_size:
         raise ValueError(
             f"head_dim={head_dim} x {config.num_attention_heads} heads != hidden_size={config.hidden_size}: "
             f"FMS's LLaMA needs head_dim = hidden_size / num_heads"
@@ -277,9 +287,31 @@ def check_llama_folder(folder) -> tuple[Path, LlamaConfig]:
     return folder, config
 
 
+def fms_overrides(config) -> dict:
+    "What FMS 1.13 reads differently from a transformers 5 config, per model type."
+    if config.model_type == "llama":
+        return {"rope_scaling": fms_rope_scaling(config)}
+    rope = getattr(config, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(
+            f"{config.model_type}: rope_type {rope['rope_type']!r} is not supported; only 'default'"
+        )
+    # the MLP width is the checkpoint's, not rounded up to a multiple of 256; RoPE's base under FMS's name
+    theta_name = "rope_base" if config.model_type == "mistral" else "rope_theta"
+    return {"multiple_of": 1, theta_name: float(theta)}
+
+
+def model_mask_mod(folder):
+    "The attention variant a checkpoint's config asks for in every layer: a Mistral's sliding window."
+    config = AutoConfig.from_pretrained(folder)
+    window = getattr(config, "sliding_window", None) if config.model_type == "mistral" else None
+    return sliding_window(window) if window else None
+
+
 def load_llama(folder, device=None, dtype: torch.dtype | None = None):
-    """`(model, tokenizer)`: FMS's `LLaMA` from a local HF LLaMA folder,
-    and its tokenizer (None if it has none).
+    """`(model, tokenizer)`: FMS's model from a local HF LLaMA-family folder (LLaMA, Mistral, Qwen3,
+    Granite), and its tokenizer (None if it has none).
     """
     folder, config = check_llama_folder(folder)
     device = torch.device(device) if device is not None else default_device()
@@ -289,8 +321,8 @@ def load_llama(folder, device=None, dtype: torch.dtype | None = None):
         model_path=str(folder),
         device_type=device.type,
         data_type=dtype,
-        rope_scaling=fms_rope_scaling(config),
         override_hf_pretrained_config=True,
+        **fms_overrides(config),
     )
     has_tokenizer = any(
         (folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")

@@ -215,3 +215,53 @@ def test_loader_errors(tmp_path, models):
     )
     with pytest.raises(ValueError, match="rope_type 'linear' is not supported"):
         load_llama(folder)
+
+
+@pytest.mark.parametrize("kind", ["mistral", "qwen3", "granite"])
+def test_other_decoders_match_hf(tmp_path, kind):
+    "FMS's Mistral (window 8, run by our mask), Qwen3 (QK-norm) and Granite (multipliers) through LLM."
+    import transformers as T
+
+    from paged_flex.engine import LLM, SamplingParams
+
+    base = dict(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
+    extra = {
+        "mistral": dict(sliding_window=8, head_dim=16),
+        "qwen3": dict(head_dim=16, rope_theta=5000.0),
+        "granite": dict(
+            embedding_multiplier=2.0, logits_scaling=1.5, residual_multiplier=0.5, attention_multiplier=0.3
+        ),
+    }[kind]
+    config_cls, model_cls = {
+        "mistral": (T.MistralConfig, T.MistralForCausalLM),
+        "qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM),
+        "granite": (T.GraniteConfig, T.GraniteForCausalLM),
+    }[kind]
+    torch.manual_seed(0)
+    hf = model_cls(config_cls(**base, **extra)).eval()
+    hf.save_pretrained(tmp_path / kind)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 300, (n,), generator=g).tolist() for n in (5, 23, 11)]
+    with torch.no_grad():
+        expected = [
+            hf.generate(torch.tensor([p]), max_new_tokens=20, min_new_tokens=20, do_sample=False)[
+                0, len(p) :
+            ].tolist()
+            for p in prompts
+        ]
+    llm = LLM(tmp_path / kind, page_size=4, device="cpu", max_num_batched_tokens=16, max_num_seqs=4)
+    outs = llm.generate(
+        prompts, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True), use_tqdm=False
+    )
+    assert [o.outputs[0].token_ids for o in outs] == expected
+    if kind == "mistral":  # the window is what makes it match: without it the tokens differ
+        assert llm.llm_engine.scheduler_config.sliding_window == 8
