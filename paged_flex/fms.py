@@ -217,8 +217,11 @@ def paged_attn_kwargs(step: PagedStep) -> PagedAttentionKwargs:
     return {"attn_name": ATTN_NAME, "paged_step": step}
 
 
-def paged_forward(model, input_ids, step: PagedStep, last_n_tokens: int = 0) -> torch.Tensor:
-    "FMS `model` on one packed step: `input_ids` `[tokens]` -> logits `[tokens or last_n_tokens, vocab]`."
+def paged_forward(
+    model, input_ids, step: PagedStep, last_n_tokens: int = 0, enable_grad: bool = False
+) -> torch.Tensor:
+    """FMS `model` on one packed step: `input_ids` `[tokens]` -> logits `[tokens or last_n_tokens, vocab]`
+    (with autograd when `enable_grad`: training over the paged cache)."""
     check_cache_fits(model, step.cache)
     if step.meta.max_len > model.config.max_expected_seq_len:  # RoPE's table ends there
         raise ValueError(
@@ -226,7 +229,7 @@ def paged_forward(model, input_ids, step: PagedStep, last_n_tokens: int = 0) -> 
             f"{model.config.max_expected_seq_len}"
         )
     ids = torch.as_tensor(input_ids, device=step.cache.device).view(1, -1)  # [1, tokens]
-    with torch.no_grad():
+    with torch.set_grad_enabled(enable_grad):
         logits, _ = model(
             ids,
             position_ids=step.positions.view(1, -1),
