@@ -138,7 +138,7 @@ class PagedKVCache:
         self.block_tables.extend(seq_id, pages, num_tokens)
 
     def drop_pages(self, seq_id, num_pages: int) -> int:
-        "Free the first `num_pages` pages of running `seq_id` (out of its attention window); returns how many."
+        "Free the first `num_pages` pages of running `seq_id` (out of its window); returns how many."
         pages = self.block_tables.drop_front(seq_id, num_pages)
         self.allocator.free(pages)
         return len(pages)
