@@ -313,7 +313,9 @@ _HALF = (torch.bfloat16, torch.float16)
 _POW2 = "a power of two >= 16"
 # what the Triton decode kernel takes of 04c's mods (prefix-LM is causal in decode: no later key exists)
 _DECODE_VARIANTS = frozenset({"window", "chunk", "softcap", "alibi", "sinks", "prefix"})
-_FLEX_VARIANTS = frozenset({"custom", "window", "chunk", "softcap", "alibi", "sinks"})  # not prefix-LM
+_FLEX_VARIANTS = frozenset(
+    {"custom", "window", "chunk", "softcap", "alibi", "sinks", "softcap_after_alibi"}
+)  # not prefix-LM
 
 register_backend(
     Backend(

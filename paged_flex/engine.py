@@ -385,6 +385,11 @@ class LLMEngine:
         self.model, self.tokenizer = load_llama(model_path, self.device, dtype)
         if mask_mod is None:  # the checkpoint's own variant (a Mistral's sliding window), unless one is given
             mask_mod = model_mask_mod(model_path)
+        if getattr(mask_mod, "future", False):  # chunked prefill and shared prefix pages assume causal KV
+            raise ValueError(
+                f"{mask_mod!r} reads keys after the query; the engine runs causal variants only "
+                f"(use paged_attention for prefix-LM)"
+            )
         if fused_kernels and self.device.type == "cuda" and type(self.model).__name__ == "LLaMA":
             from paged_flex.fused import fuse_llama  # Triton kernels: only where a GPU runs them
 
@@ -410,7 +415,7 @@ class LLMEngine:
             max_num_batched_tokens=max(max_num_batched_tokens or 4096, max_num_seqs),
             enable_prefix_caching=enable_prefix_caching,
             page_size=self.page_size,
-            sliding_window=window_of(mask_mod),  # pages behind every query's window are freed as it runs
+            sliding_window=self._freeing_window(mask_mod, backend, score_mod),  # pages behind it are freed
         )
         self.scheduler = Scheduler(self.cache, self.scheduler_config)
         self.runner = ModelRunner(self.model, self.cache, backend, cuda_graphs, score_mod, mask_mod)
@@ -446,6 +451,19 @@ class _Request:
     seq: Sequence
     prompt: str | None
     detokenizer: IncrementalDetokenizer | None
+
+# %% ../nbs/11_engine.ipynb #9306d21f
+@patch
+def _freeing_window(self: LLMEngine, mask_mod, backend: str, score_mod) -> int | None:
+    "The window behind which pages are freed, if the decode backend that will run skips freed pages."
+    window = window_of(mask_mod)
+    if window is None:
+        return None
+    from paged_flex.backends import select_backend
+    from paged_flex.mods import variant_kinds
+
+    decode = select_backend(self.cache, True, backend, variant=variant_kinds(score_mod, mask_mod))
+    return window if decode != "flex" else None  # FlexAttention's decode block mask lists freed pages again
 
 # %% ../nbs/11_engine.ipynb #65662a92
 @patch
@@ -533,8 +551,8 @@ def step(self: LLMEngine) -> list[RequestOutput]:
             logits = self.runner.run(plan, st.timings)
             t2 = time.perf_counter()
             tokens = self.sampler.sample(plan, logits)
-    # the plan's requests fail with the error, their pages come back; the caller sees it
-    except Exception as e:
+    # the plan's requests fail (Ctrl-C too), their pages come back, and the error propagates
+    except BaseException as e:
         failed = self.scheduler.fail(plan, f"{type(e).__name__}: {e}")
         self._finished = done + [s.request_id for s in failed]
         raise

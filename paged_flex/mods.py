@@ -133,6 +133,9 @@ def score_mods(*mods: Mod) -> Mod:
                 f"{m.name} repeats a parameter of another mod: {sorted(set(m.kernel) & set(kernel))}"
             )
         kernel.update(m.kernel)
+    names = [k for m in mods for k in m.kernel]
+    if "alibi" in names and "softcap" in names and names.index("alibi") < names.index("softcap"):
+        kernel["softcap_after_alibi"] = True  # our kernels cap before adding ALiBi: this order runs elsewhere
 
     def fn(score, b, h, q_idx, kv_idx):
         for m in mods:

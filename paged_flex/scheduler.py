@@ -580,6 +580,8 @@ def fork(self: Scheduler, seq: Sequence, n: int, first_tokens: list[int] | None 
             f"token left to feed); it is {seq.status.value} with "
             f"{seq.num_tokens - seq.num_computed} token(s) left"
         )
+    if self.cache.block_tables.num_dropped(seq.seq_id):
+        raise ValueError(f"request {seq.request_id!r} has freed pages out of its window; it cannot fork")
     if first_tokens is not None and len(first_tokens) != n - 1:
         raise ValueError(f"first_tokens holds {len(first_tokens)} token(s); fork(n={n}) makes {n - 1} copies")
     ids = [(seq.request_id, i) for i in range(1, n)]
