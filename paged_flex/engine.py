@@ -55,6 +55,15 @@ class SamplingParams:
         if self.top_k == -1:
             self.top_k = None
         check_sampling(self.temperature, self.top_k, self.top_p)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed must be an int or None, got {self.seed!r}")
+        if not isinstance(self.ignore_eos, bool):
+            raise ValueError(f"ignore_eos must be True or False, got {self.ignore_eos!r}")
+        ids = self.stop_token_ids
+        if ids is not None and not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids
+        ):
+            raise ValueError(f"stop_token_ids must be a list of token ids (ints >= 0), got {ids!r}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if self.stop is not None and (not all(isinstance(s, str) and s for s in self.stop)):
@@ -396,7 +405,7 @@ class LLMEngine:
             fuse_llama(self.model)
         self.num_scheduler_steps = check_positive_int("num_scheduler_steps", num_scheduler_steps)
         self.dtype = next(self.model.parameters()).dtype
-        self.page_size = check_page_size(page_size or DEFAULT_PAGE_SIZE)
+        self.page_size = check_page_size(DEFAULT_PAGE_SIZE if page_size is None else page_size)
         per_page = kv_bytes_per_page(self.model, self.page_size, self.dtype)
         if kv_cache_memory is None:
             kv_cache_memory = self._default_kv_memory()
@@ -405,14 +414,24 @@ class LLMEngine:
             raise ValueError(
                 f"kv_cache_memory={kv_cache_memory} bytes is less than one page ({per_page} bytes)"
             )
-        max_num_seqs = max_num_seqs or (256 if self.device.type == "cuda" else 32)
-        max_seq_len = max_seq_len or self.model.config.max_expected_seq_len
+        default_seqs = 256 if self.device.type == "cuda" else 32
+        max_num_seqs = check_positive_int(
+            "max_num_seqs", default_seqs if max_num_seqs is None else max_num_seqs
+        )
+        model_len = self.model.config.max_expected_seq_len  # RoPE's table ends there
+        max_seq_len = model_len if max_seq_len is None else check_positive_int("max_seq_len", max_seq_len)
+        if max_seq_len > model_len:
+            raise ValueError(f"max_seq_len={max_seq_len} is longer than the model's {model_len} positions")
+        if max_num_batched_tokens is not None:
+            check_positive_int("max_num_batched_tokens", max_num_batched_tokens)
         self.cache = paged_cache_for(
             self.model, num_pages, self.page_size, max_seqs=max_num_seqs + 1, max_seq_len=max_seq_len
         )
         self.scheduler_config = SchedulerConfig(
             max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max(max_num_batched_tokens or 4096, max_num_seqs),
+            max_num_batched_tokens=max(4096, max_num_seqs)
+            if max_num_batched_tokens is None
+            else max_num_batched_tokens,
             enable_prefix_caching=enable_prefix_caching,
             page_size=self.page_size,
             sliding_window=self._freeing_window(mask_mod, backend, score_mod),  # pages behind it are freed

@@ -4,6 +4,8 @@
 
 # %% ../nbs/09_fms.ipynb #6d1342ba
 from __future__ import annotations
+import math
+import operator
 from pathlib import Path
 import torch
 from tqdm import tqdm
@@ -398,8 +400,12 @@ def check_sampling(temperature, top_k, top_p) -> None:
     """A `ValueError` naming the bad value unless temperature >= 0, top_k a positive int or None,
     top_p in (0, 1] or None.
     """
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0 <= temperature < math.inf
+    ):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if top_k is not None:
         check_positive_int("top_k", top_k)
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
@@ -426,7 +432,11 @@ def encode_prompts(prompts, tokenizer) -> list[list[int]]:
             p = tokenizer(p)["input_ids"]
         if not len(p):
             raise ValueError("every prompt needs at least one token")
-        out.append([int(t) for t in p])
+        try:  # ints only: 2.7 or "5" is a mistake, not token 2 or 5
+            out.append([operator.index(t) for t in p])
+        except TypeError:
+            bad = next(t for t in p if not isinstance(t, int) or isinstance(t, bool))
+            raise ValueError(f"token ids must be ints, got {bad!r} in prompt {str(p)[:80]}") from None
     return out
 
 
