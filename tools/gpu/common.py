@@ -70,3 +70,17 @@ def packed_prefill_case(
         kp[i, :, :m] = k[s : s + m].transpose(0, 1)
         vp[i, :, :m] = v[s : s + m].transpose(0, 1)
     return lens, starts, q, k, v, sdpa_per_seq, (qp, kp, vp)
+
+
+def graphed(fn):
+    "`fn` warmed up on a side stream, then captured in a CUDA graph: (graph, the output its replays write)."
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fn()
+    return g, out

@@ -8,7 +8,7 @@ import torch, torch.nn.functional as F
 from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from common import scattered_decode_case
+from common import graphed, scattered_decode_case
 from paged_flex.cache import PagedKVCache
 from paged_flex.triton_decode import paged_decode
 
@@ -28,19 +28,6 @@ out = {
     "each call captured in a CUDA graph and replayed; median of 3 alternating rounds",
     "rows": [],
 }
-
-
-def graphed(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        res = fn()
-    return g, res
 
 
 for P in (16, 32, 64, 128):

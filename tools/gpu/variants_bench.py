@@ -16,7 +16,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import scattered_decode_case
+from common import graphed, scattered_decode_case
 from paged_flex.testing import random_case, poison
 from paged_flex.triton_decode import paged_decode
 from paged_flex.attention import paged_attention
@@ -158,19 +158,6 @@ variants = {
     "chunk_8192": (None, chunked_local(8192)),
 }
 flex_for = ("causal", "softcap_50", "window_1024")
-
-
-def graphed(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = fn()
-    return g, out
 
 
 def torch_reference(q, k, v, L, sm, mm):
