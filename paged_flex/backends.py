@@ -305,7 +305,9 @@ def _hopper_prefill(q, step, layer, scale):
 
     c, block_m = step.cache, HOPPER_CONFIG["block_m"]
     qpt = block_m // heads_per_program(q.shape[1], c.num_kv_heads, block_m, HOPPER_CONFIG["pack_heads"])
-    return hopper_launch(q, c, layer, step.tiles(qpt), scale, HOPPER_CONFIG)
+    return hopper_launch(
+        q, c, layer, step.tiles(qpt), scale, HOPPER_CONFIG, score_mod=step.score_mod, mask_mod=step.mask_mod
+    )
 
 # %% ../nbs/05a_backends.ipynb #95dd80ef
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -313,6 +315,7 @@ _HALF = (torch.bfloat16, torch.float16)
 _POW2 = "a power of two >= 16"
 # what the Triton decode kernel takes of 04c's mods (prefix-LM is causal in decode: no later key exists)
 _DECODE_VARIANTS = frozenset({"window", "chunk", "softcap", "alibi", "sinks", "prefix"})
+_PREFILL_VARIANTS = _DECODE_VARIANTS - {"prefix"}  # prefix-LM reads keys after the query: not in prefill
 _FLEX_VARIANTS = frozenset(
     {"custom", "window", "chunk", "softcap", "alibi", "sinks", "softcap_after_alibi"}
 )  # not prefix-LM
@@ -325,6 +328,7 @@ register_backend(
         ("cuda",),
         ("cuda",),
         decode=False,
+        variants=_PREFILL_VARIANTS,
         dtypes=_HALF,
         head_dims="64 or 128",
         head_dim_ok=lambda d: d in (64, 128),
@@ -357,7 +361,7 @@ register_backend(
         ("cuda", "cpu"),
         ("cuda",),
         decode=False,
-        variants=_DECODE_VARIANTS - {"prefix"},  # prefix-LM reads keys after the query: not here
+        variants=_PREFILL_VARIANTS,
         dtypes=_FLOATS,
         head_dims=_POW2,
         head_dim_ok=triton_head_dim_ok,

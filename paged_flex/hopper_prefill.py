@@ -9,6 +9,7 @@ import torch
 import triton
 from .cache import PagedKVCache
 from .backends import TRITON_INTERPRETED
+from .mods import kernel_params
 from .triton_prefill import cuda_capability, heads_per_program
 
 try:
@@ -32,8 +33,8 @@ HAVE_GLUON = HAVE_GLUON and hasattr(
 )  # Gluon's API as of Triton 3.6 (the H100's)
 
 # %% auto #0
-__all__ = ['HAVE_GLUON', 'HOPPER_CONFIG', 'hopper_prefill_ok', 'pool_descriptors', 'hopper_prefill', 'hopper_launch',
-           'sm90_ptx_summary']
+__all__ = ['HAVE_GLUON', 'HOPPER_CONFIG', 'VARIANT_SWITCHES', 'hopper_prefill_ok', 'pool_descriptors', 'hopper_prefill',
+           'hopper_launch', 'sm90_ptx_summary']
 
 # %% ../nbs/06c_hopper_prefill.ipynb #e9a5dc57
 if HAVE_GLUON:
@@ -76,6 +77,7 @@ if HAVE_GLUON:
         BT,
         bt_row,
         hk,
+        j_first,
         n_free,
         D: gl.constexpr,
         NH: gl.constexpr,
@@ -84,23 +86,33 @@ if HAVE_GLUON:
         BLOCK_N: gl.constexpr,
         STAGES: gl.constexpr,
     ):
-        """Bulk-copy key blocks 0 .. n_free-1 of one sequence, page piece by page piece,
+        """Bulk-copy key blocks j_first .. n_free-1 of one sequence, page piece by page piece,
         into the ring of stages.
         """
         NSUB: gl.constexpr = BLOCK_N // PS  # page pieces per key block
         lay: gl.constexpr = gl.BlockedLayout([NSUB], [32], [1], [0])
         idx = gl.arange(0, NSUB, layout=lay)
         nbytes: gl.constexpr = kd.block_type.nbytes * NH * NSUB
-        for j in range(n_free):
-            st = j % STAGES
+        for j in range(j_first, n_free):
+            st = (j - j_first) % STAGES
             n0 = j * BLOCK_N + idx * PS
             rows = gl.load(BT + bt_row + n0 // P) * P + n0 % P  # first slot of each piece
-            mbarrier.wait(free.index(st), ((j // STAGES) & 1) ^ 1)
+            mbarrier.wait(free.index(st), (((j - j_first) // STAGES) & 1) ^ 1)
             _copy_block(kd, k_smem, kbar.index(st), rows, idx, st, hk, nbytes, D, NH, PS, NSUB)  # keys first
             _copy_block(vd, v_smem, vbar.index(st), rows, idx, st, hk, nbytes, D, NH, PS, NSUB)
 
 # %% ../nbs/06c_hopper_prefill.ipynb #ae03054e
 if HAVE_GLUON:
+
+    @gluon.jit
+    def _first_key(WIN, chunk, q_pos, head_row, HAS_WINDOW: gl.constexpr, HAS_CHUNK: gl.constexpr):
+        "First key each row may see under a sliding window or chunked-local mask (0 without)."
+        lo = gl.zeros_like(q_pos)
+        if HAS_WINDOW:
+            lo = q_pos - gl.load(WIN + head_row) + 1
+        if HAS_CHUNK:
+            lo = gl.maximum(lo, q_pos - q_pos % chunk)
+        return lo
 
     @gluon.jit
     def _qk(q0, q1, kbuf, base, s_zero, NH: gl.constexpr):
@@ -117,9 +129,45 @@ if HAVE_GLUON:
         return warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1))
 
     @gluon.jit
-    def _softmax(s, m_i, l_i, qk_scale, p_op: gl.constexpr, row_o: gl.constexpr, dtype: gl.constexpr):
-        s = s * qk_scale
+    def _scores(
+        s,
+        n,  # [BLOCK_N] the block's key positions
+        q_pos,  # [BLOCK_M] each row's query position
+        lo_row,  # [BLOCK_M] first key each row may see (HAS_LO)
+        slope_row,  # [BLOCK_M] ALiBi slope of each row's head (HAS_ALIBI)
+        sm_scale,
+        softcap,
+        CAUSAL: gl.constexpr,
+        HAS_LO: gl.constexpr,
+        HAS_SOFTCAP: gl.constexpr,
+        HAS_ALIBI: gl.constexpr,
+    ):
+        "Scores of one block in base-2 units, score mods and masks applied (04c's mods, as in 06b)."
+        if HAS_SOFTCAP or HAS_ALIBI:  # the mods act on natural-log scores q.k * scale
+            s = s * sm_scale
+            if HAS_SOFTCAP:  # half-precision inputs: the one-instruction tanh is accurate enough
+                t = gl.inline_asm_elementwise(
+                    "tanh.approx.f32 $0, $1;", "=f,f", [s / softcap], dtype=gl.float32, is_pure=True, pack=1
+                )
+                s = softcap * t
+            if HAS_ALIBI:
+                s = s + slope_row[:, None] * (n[None, :] - q_pos[:, None]).to(gl.float32)
+            s = s * 1.4426950408889634
+        else:
+            s = s * (sm_scale * 1.4426950408889634)
+        if CAUSAL:
+            s = gl.where(n[None, :] <= q_pos[:, None], s, float("-inf"))
+        if HAS_LO:
+            s = gl.where(n[None, :] >= lo_row[:, None], s, float("-inf"))
+        return s
+
+    @gluon.jit
+    def _softmax(
+        s, m_i, l_i, p_op: gl.constexpr, row_o: gl.constexpr, dtype: gl.constexpr, GUARD: gl.constexpr
+    ):
         m_new = gl.maximum(m_i, gl.max(s, 1))
+        if GUARD:  # a row may see no key of this block: keep exp2 away from -inf - -inf
+            m_new = gl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = gl.exp2(m_i - m_new)
         p = gl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + gl.sum(p, 1)
@@ -143,6 +191,7 @@ if HAVE_GLUON:
         row0,
         p0,
         n_q,
+        j_first,
         n_free,
         stride_qt,
         stride_qh,
@@ -150,6 +199,11 @@ if HAVE_GLUON:
         stride_kn,
         stride_kh,
         sm_scale,
+        WIN,
+        SLOPES,
+        SINKS,
+        softcap,
+        chunk,
         GP: gl.constexpr,
         D: gl.constexpr,
         P: gl.constexpr,
@@ -157,8 +211,14 @@ if HAVE_GLUON:
         BLOCK_N: gl.constexpr,
         STAGES: gl.constexpr,
         num_warps: gl.constexpr,
+        HAS_WINDOW: gl.constexpr,
+        HAS_CHUNK: gl.constexpr,
+        HAS_SOFTCAP: gl.constexpr,
+        HAS_ALIBI: gl.constexpr,
+        HAS_SINKS: gl.constexpr,
     ):
         "Attention of one tile's BLOCK_M rows (queries x packed heads) over its sequence's keys."
+        HAS_LO: gl.constexpr = HAS_WINDOW or HAS_CHUNK
         NH: gl.constexpr = D // 64
         dtype: gl.constexpr = Q.dtype.element_ty
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(
@@ -189,26 +249,44 @@ if HAVE_GLUON:
                 gl.load(Q + q_off[:, None] + 64 + dcol[None, :], mask=q_ok[:, None], other=0.0), q_op
             )
 
-        qk_scale = sm_scale * 1.4426950408889634
+        rows = gl.arange(0, BLOCK_M, layout=row_s)
+        q_pos = p0 + rows // GP
+        head_row = hg * GP + rows % GP  # [BLOCK_M] the query head of each row
+        lo_row = _first_key(WIN, chunk, q_pos, head_row, HAS_WINDOW, HAS_CHUNK)
+        slope_row = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
+        if HAS_ALIBI:
+            slope_row = gl.load(SLOPES + head_row)
+        ns = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
         m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
         l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
         acc0 = gl.zeros([BLOCK_M, 64], gl.float32, layout=o_layout)
         acc1 = gl.zeros([BLOCK_M, 64], gl.float32, layout=o_layout)
         s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
-        for j in range(n_free):  # blocks before the tile's first query: no mask
-            st = j % STAGES
-            ph = (j // STAGES) & 1
+        for j in range(j_first, n_free):  # blocks before the tile's first query: no causal mask
+            st = (j - j_first) % STAGES
+            ph = ((j - j_first) // STAGES) & 1
             mbarrier.wait(kbar.index(st), ph)
             s = _qk(q0, q1, k_smem, st * NH, s_zero, NH)
-            p, a_o, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, p_op, row_o, dtype)
+            s = _scores(
+                s,
+                j * BLOCK_N + ns,
+                q_pos,
+                lo_row,
+                slope_row,
+                sm_scale,
+                softcap,
+                False,
+                HAS_LO,
+                HAS_SOFTCAP,
+                HAS_ALIBI,
+            )
+            p, a_o, m_i, l_i = _softmax(s, m_i, l_i, p_op, row_o, dtype, HAS_LO)
             mbarrier.wait(vbar.index(st), ph)
             acc0, acc1 = _pv(p, v_smem, st * NH, acc0, acc1, a_o, NH)
             mbarrier.arrive(free.index(st), count=1)
 
         kv_end = p0 + n_q
         nl = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, ld))
-        ns = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-        q_pos = p0 + gl.arange(0, BLOCK_M, layout=row_s) // GP
         for j in range(n_free, gl.cdiv(kv_end, BLOCK_N)):  # the diagonal: masked pointer loads into stage 0
             n = j * BLOCK_N + nl
             ok = n < kv_end
@@ -225,11 +303,26 @@ if HAVE_GLUON:
             fence_async_shared()
             _cta_sync()
             s = _qk(q0, q1, k_smem, 0, s_zero, NH)
-            s = gl.where((j * BLOCK_N + ns)[None, :] <= q_pos[:, None], s, float("-inf"))
-            p, a_o, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, p_op, row_o, dtype)
+            s = _scores(
+                s,
+                j * BLOCK_N + ns,
+                q_pos,
+                lo_row,
+                slope_row,
+                sm_scale,
+                softcap,
+                True,
+                HAS_LO,
+                HAS_SOFTCAP,
+                HAS_ALIBI,
+            )
+            p, a_o, m_i, l_i = _softmax(s, m_i, l_i, p_op, row_o, dtype, HAS_LO)
             acc0, acc1 = _pv(p, v_smem, 0, acc0, acc1, a_o, NH)
 
-        inv = gl.convert_layout(1.0 / l_i, row_o)[:, None]
+        den = l_i
+        if HAS_SINKS:  # the sink's exp(logit) joins the denominator and brings no value
+            den = den + gl.exp2(gl.load(SINKS + head_row) * 1.4426950408889634 - m_i)
+        inv = gl.convert_layout(1.0 / den, row_o)[:, None]
         gl.store(
             O + q_off[:, None] + dcol[None, :],
             gl.convert_layout((acc0 * inv).to(dtype), ld),
@@ -262,6 +355,11 @@ if HAVE_GLUON:
         stride_kh,
         stride_bt,
         sm_scale,
+        WIN,  # [H] int32 windows (HAS_WINDOW)
+        SLOPES,  # [H] float32 ALiBi slopes (HAS_ALIBI)
+        SINKS,  # [H] float32 sink logits (HAS_SINKS)
+        softcap,
+        chunk,
         G: gl.constexpr,
         GP: gl.constexpr,
         D: gl.constexpr,
@@ -271,6 +369,11 @@ if HAVE_GLUON:
         BLOCK_N: gl.constexpr,
         STAGES: gl.constexpr,
         num_warps: gl.constexpr,
+        HAS_WINDOW: gl.constexpr = False,
+        HAS_CHUNK: gl.constexpr = False,
+        HAS_SOFTCAP: gl.constexpr = False,
+        HAS_ALIBI: gl.constexpr = False,
+        HAS_SINKS: gl.constexpr = False,
     ):
         NH: gl.constexpr = D // 64
         dtype: gl.constexpr = Q.dtype.element_ty
@@ -282,7 +385,14 @@ if HAVE_GLUON:
         p0 = gl.load(TILES + tile * 4 + 2)
         n_q = gl.load(TILES + tile * 4 + 3)
         bt_row = seq.to(gl.int64) * stride_bt
-        n_free = p0 // BLOCK_N
+        n_free = p0 // BLOCK_N  # blocks 0 .. n_free-1 come by bulk copy, the rest by masked loads
+        j_first = 0
+        if HAS_WINDOW or HAS_CHUNK:  # skip the blocks before the first key any row of the tile sees
+            rows = gl.arange(0, BLOCK_M, layout=gl.BlockedLayout([1], [32], [num_warps], [0]))
+            lo = _first_key(WIN, chunk, p0 + rows // GP, hg * GP + rows % GP, HAS_WINDOW, HAS_CHUNK)
+            j_first = gl.minimum(
+                gl.maximum(gl.min(gl.where(rows // GP < n_q, lo, p0 + n_q), 0), 0) // BLOCK_N, n_free
+            )
         k_smem = gl.allocate_shared_memory(dtype, [STAGES * NH, BLOCK_N, 64], kd.layout)
         v_smem = gl.allocate_shared_memory(dtype, [STAGES * NH, BLOCK_N, 64], kd.layout)
         kbar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -313,6 +423,7 @@ if HAVE_GLUON:
                         row0,
                         p0,
                         n_q,
+                        j_first,
                         n_free,
                         stride_qt,
                         stride_qh,
@@ -320,6 +431,11 @@ if HAVE_GLUON:
                         stride_kn,
                         stride_kh,
                         sm_scale,
+                        WIN,
+                        SLOPES,
+                        SINKS,
+                        softcap,
+                        chunk,
                         GP,
                         D,
                         P,
@@ -327,6 +443,11 @@ if HAVE_GLUON:
                         BLOCK_N,
                         STAGES,
                         num_warps,
+                        HAS_WINDOW,
+                        HAS_CHUNK,
+                        HAS_SOFTCAP,
+                        HAS_ALIBI,
+                        HAS_SINKS,
                     ),
                 ),
                 (
@@ -342,6 +463,7 @@ if HAVE_GLUON:
                         BT,
                         bt_row,
                         hk,
+                        j_first,
                         n_free,
                         D,
                         NH,
@@ -410,8 +532,10 @@ def hopper_prefill(
     num_warps: int | None = None,
     num_stages: int | None = None,
     pack_heads: bool | None = None,
+    score_mod=None,  # notebook 04c's ready-made mods: softcap, ALiBi, sinks
+    mask_mod=None,  # sliding window or chunked local (narrowing the causal rule)
 ) -> torch.Tensor:
-    """Causal paged attention for packed prefill chunks on an sm_90 GPU.
+    """Causal paged attention for packed prefill chunks on an sm_90 GPU, with 04c's variants.
     Returns `[tokens, num_heads, head_dim]`.
     """
     T, H, D = q.shape
@@ -430,10 +554,10 @@ def hopper_prefill(
             f"block_m must be 16 x num_warps with 4 or 8 warps, got block_m {c['block_m']}, "
             f"num_warps {c['num_warps']}"
         )
-    return hopper_launch(q, cache, layer, tiles, scale, c)
+    return hopper_launch(q, cache, layer, tiles, scale, c, score_mod, mask_mod)
 
 
-def hopper_launch(q, cache, layer, tiles, scale, c: dict) -> torch.Tensor:
+def hopper_launch(q, cache, layer, tiles, scale, c: dict, score_mod=None, mask_mod=None) -> torch.Tensor:
     "Launch for a configuration `c` already checked (by `hopper_prefill`, or by the backend registry)."
     T, H, D = q.shape
     if not q.is_contiguous():
@@ -443,6 +567,9 @@ def hopper_launch(q, cache, layer, tiles, scale, c: dict) -> torch.Tensor:
     k, v = cache.k[layer], cache.v[layer]
     out = torch.empty_like(q)
     scale = scale if scale is not None else 1.0 / math.sqrt(D)
+    var = kernel_params(score_mod, mask_mod, H, q.device)
+    dummy = cache.block_table  # never read: the variant's switch is off
+    win, slopes, sinks = (var[n] if var[n] is not None else dummy for n in ("window", "alibi", "sinks"))
     _hopper_prefill_kernel[(tiles.shape[0], H // GP)](
         q,
         out,
@@ -459,6 +586,11 @@ def hopper_launch(q, cache, layer, tiles, scale, c: dict) -> torch.Tensor:
         k.stride(2),
         cache.block_table.stride(0),
         scale,
+        win,
+        slopes,
+        sinks,
+        float(var["softcap"] or 1.0),
+        int(var["chunk"] or 1),
         G=H // cache.num_kv_heads,
         GP=GP,
         D=D,
@@ -468,20 +600,30 @@ def hopper_launch(q, cache, layer, tiles, scale, c: dict) -> torch.Tensor:
         BLOCK_N=c["block_n"],
         STAGES=c["num_stages"],
         num_warps=c["num_warps"],
+        HAS_WINDOW=var["window"] is not None,
+        HAS_CHUNK=bool(var["chunk"]),
+        HAS_SOFTCAP=bool(var["softcap"]),
+        HAS_ALIBI=var["alibi"] is not None,
+        HAS_SINKS=var["sinks"] is not None,
     )
     return out
 
 # %% ../nbs/06c_hopper_prefill.ipynb #8e5b5f73
-def sm90_ptx_summary(page_size: int = 16, head_dim: int = 128, dtype: str = "bf16", **config) -> dict:
-    """Compile the kernel for an sm_90 GPU (no GPU needed; `HOPPER_CONFIG` updated by `config`)
-    and count key PTX instructions.
+VARIANT_SWITCHES = ("HAS_WINDOW", "HAS_CHUNK", "HAS_SOFTCAP", "HAS_ALIBI", "HAS_SINKS")
+
+
+def sm90_ptx_summary(
+    page_size: int = 16, head_dim: int = 128, dtype: str = "bf16", variants: tuple = (), **config
+) -> dict:
+    """Compile the kernel for an sm_90 GPU (no GPU needed; `HOPPER_CONFIG` updated by `config`,
+    `variants` a subset of `VARIANT_SWITCHES`) and count key PTX instructions.
     """
     import os, re, json, subprocess, sys
 
     if TRITON_INTERPRETED:
         code = (
             f"import json; from paged_flex.hopper_prefill import sm90_ptx_summary as f; "
-            f"print(json.dumps(f({page_size}, {head_dim}, {dtype!r}, **{config!r})))"
+            f"print(json.dumps(f({page_size}, {head_dim}, {dtype!r}, {tuple(variants)!r}, **{config!r})))"
         )
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -515,7 +657,13 @@ def sm90_ptx_summary(page_size: int = 16, head_dim: int = 128, dtype: str = "bf1
         "TILES": "*i32",
         **{n: "i32" for n in ("stride_qt", "stride_qh", "stride_kp", "stride_kn", "stride_kh", "stride_bt")},
         "sm_scale": "fp32",
+        "WIN": "*i32",
+        "SLOPES": "*fp32",
+        "SINKS": "*fp32",
+        "softcap": "fp32",
+        "chunk": "i32",
         **{n: "constexpr" for n in ("G", "GP", "D", "P", "PS", "BLOCK_M", "BLOCK_N", "STAGES", "num_warps")},
+        **{n: "constexpr" for n in VARIANT_SWITCHES},
     }
     consts = dict(
         G=4,
@@ -527,6 +675,7 @@ def sm90_ptx_summary(page_size: int = 16, head_dim: int = 128, dtype: str = "bf1
         BLOCK_N=c["block_n"],
         STAGES=c["num_stages"],
         num_warps=c["num_warps"],
+        **{n: n in variants for n in VARIANT_SWITCHES},
     )
     k = triton.compile(
         GluonASTSource(_hopper_prefill_kernel, sig, consts),

@@ -84,3 +84,13 @@ def graphed(fn):
     with torch.cuda.graph(g):
         out = fn()
     return g, out
+
+
+def stale_nan(cache, seqs):
+    "NaN in the slots past each sequence's end, in its last page: what a reused page may hold."
+    for s in seqs:
+        n, P = cache.length(s), cache.page_size
+        if n % P:
+            last = cache.pages(s)[-1]
+            cache.k[:, last, n % P :] = float("nan")
+            cache.v[:, last, n % P :] = float("nan")
