@@ -133,33 +133,38 @@ if HAVE_GLUON:
         s,
         n,  # [BLOCK_N] the block's key positions
         q_pos,  # [BLOCK_M] each row's query position
-        lo_row,  # [BLOCK_M] first key each row may see (HAS_LO)
-        slope_row,  # [BLOCK_M] ALiBi slope of each row's head (HAS_ALIBI)
+        slope2,  # [BLOCK_M] ALiBi slope of each row's head, times log2(e) (HAS_ALIBI)
         sm_scale,
         softcap,
         CAUSAL: gl.constexpr,
-        HAS_LO: gl.constexpr,
         HAS_SOFTCAP: gl.constexpr,
         HAS_ALIBI: gl.constexpr,
     ):
-        "Scores of one block in base-2 units, score mods and masks applied (04c's mods, as in 06b)."
-        if HAS_SOFTCAP or HAS_ALIBI:  # the mods act on natural-log scores q.k * scale
-            s = s * sm_scale
-            if HAS_SOFTCAP:  # half-precision inputs: the one-instruction tanh is accurate enough
-                t = gl.inline_asm_elementwise(
-                    "tanh.approx.f32 $0, $1;", "=f,f", [s / softcap], dtype=gl.float32, is_pure=True, pack=1
-                )
-                s = softcap * t
-            if HAS_ALIBI:
-                s = s + slope_row[:, None] * (n[None, :] - q_pos[:, None]).to(gl.float32)
-            s = s * 1.4426950408889634
+        """Scores of one block in base-2 units with 04c's score mods (as in 06b), causal mask if asked.
+        No division on the way: the cap's reciprocal, and ALiBi as one multiply-add per score."""
+        LOG2E: gl.constexpr = 1.4426950408889634
+        if HAS_SOFTCAP:  # half-precision inputs: the one-instruction tanh is accurate enough
+            t = gl.inline_asm_elementwise(
+                "tanh.approx.f32 $0, $1;",
+                "=f,f",
+                [s * (sm_scale / softcap)],
+                dtype=gl.float32,
+                is_pure=True,
+                pack=1,
+            )
+            s = t * (softcap * LOG2E)
         else:
-            s = s * (sm_scale * 1.4426950408889634)
+            s = s * (sm_scale * LOG2E)
+        if HAS_ALIBI:  # slope * (kv - q) = slope * kv - slope * q
+            s = s + (slope2[:, None] * n.to(gl.float32)[None, :] - (slope2 * q_pos.to(gl.float32))[:, None])
         if CAUSAL:
             s = gl.where(n[None, :] <= q_pos[:, None], s, float("-inf"))
-        if HAS_LO:
-            s = gl.where(n[None, :] >= lo_row[:, None], s, float("-inf"))
         return s
+
+    @gluon.jit
+    def _window(s, n, lo_row):
+        "Keys before each row's first visible key (sliding window, chunk) masked out."
+        return gl.where(n[None, :] >= lo_row[:, None], s, float("-inf"))
 
     @gluon.jit
     def _softmax(
@@ -192,6 +197,7 @@ if HAVE_GLUON:
         p0,
         n_q,
         j_first,
+        j_full,
         n_free,
         stride_qt,
         stride_qh,
@@ -253,9 +259,9 @@ if HAVE_GLUON:
         q_pos = p0 + rows // GP
         head_row = hg * GP + rows % GP  # [BLOCK_M] the query head of each row
         lo_row = _first_key(WIN, chunk, q_pos, head_row, HAS_WINDOW, HAS_CHUNK)
-        slope_row = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
+        slope2 = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
         if HAS_ALIBI:
-            slope_row = gl.load(SLOPES + head_row)
+            slope2 = gl.load(SLOPES + head_row) * 1.4426950408889634
         ns = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
         m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
         l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
@@ -267,19 +273,10 @@ if HAVE_GLUON:
             ph = ((j - j_first) // STAGES) & 1
             mbarrier.wait(kbar.index(st), ph)
             s = _qk(q0, q1, k_smem, st * NH, s_zero, NH)
-            s = _scores(
-                s,
-                j * BLOCK_N + ns,
-                q_pos,
-                lo_row,
-                slope_row,
-                sm_scale,
-                softcap,
-                False,
-                HAS_LO,
-                HAS_SOFTCAP,
-                HAS_ALIBI,
-            )
+            s = _scores(s, j * BLOCK_N + ns, q_pos, slope2, sm_scale, softcap, False, HAS_SOFTCAP, HAS_ALIBI)
+            if HAS_LO:
+                if j < j_full:  # only the blocks that start before some row's first key
+                    s = _window(s, j * BLOCK_N + ns, lo_row)
             p, a_o, m_i, l_i = _softmax(s, m_i, l_i, p_op, row_o, dtype, HAS_LO)
             mbarrier.wait(vbar.index(st), ph)
             acc0, acc1 = _pv(p, v_smem, st * NH, acc0, acc1, a_o, NH)
@@ -303,19 +300,9 @@ if HAVE_GLUON:
             fence_async_shared()
             _cta_sync()
             s = _qk(q0, q1, k_smem, 0, s_zero, NH)
-            s = _scores(
-                s,
-                j * BLOCK_N + ns,
-                q_pos,
-                lo_row,
-                slope_row,
-                sm_scale,
-                softcap,
-                True,
-                HAS_LO,
-                HAS_SOFTCAP,
-                HAS_ALIBI,
-            )
+            s = _scores(s, j * BLOCK_N + ns, q_pos, slope2, sm_scale, softcap, True, HAS_SOFTCAP, HAS_ALIBI)
+            if HAS_LO:
+                s = _window(s, j * BLOCK_N + ns, lo_row)
             p, a_o, m_i, l_i = _softmax(s, m_i, l_i, p_op, row_o, dtype, HAS_LO)
             acc0, acc1 = _pv(p, v_smem, 0, acc0, acc1, a_o, NH)
 
@@ -387,12 +374,14 @@ if HAVE_GLUON:
         bt_row = seq.to(gl.int64) * stride_bt
         n_free = p0 // BLOCK_N  # blocks 0 .. n_free-1 come by bulk copy, the rest by masked loads
         j_first = 0
+        j_full = 0  # blocks from j_full on start at or after every row's first key: no window mask
         if HAS_WINDOW or HAS_CHUNK:  # skip the blocks before the first key any row of the tile sees
             rows = gl.arange(0, BLOCK_M, layout=gl.BlockedLayout([1], [32], [num_warps], [0]))
             lo = _first_key(WIN, chunk, p0 + rows // GP, hg * GP + rows % GP, HAS_WINDOW, HAS_CHUNK)
-            j_first = gl.minimum(
-                gl.maximum(gl.min(gl.where(rows // GP < n_q, lo, p0 + n_q), 0), 0) // BLOCK_N, n_free
-            )
+            lo = gl.maximum(lo, 0)
+            valid = rows // GP < n_q
+            j_first = gl.minimum(gl.min(gl.where(valid, lo, p0 + n_q), 0) // BLOCK_N, n_free)
+            j_full = gl.cdiv(gl.max(gl.where(valid, lo, 0), 0), BLOCK_N)
         k_smem = gl.allocate_shared_memory(dtype, [STAGES * NH, BLOCK_N, 64], kd.layout)
         v_smem = gl.allocate_shared_memory(dtype, [STAGES * NH, BLOCK_N, 64], kd.layout)
         kbar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -424,6 +413,7 @@ if HAVE_GLUON:
                         p0,
                         n_q,
                         j_first,
+                        j_full,
                         n_free,
                         stride_qt,
                         stride_qh,

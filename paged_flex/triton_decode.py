@@ -23,10 +23,10 @@ def softcap_scores(s, softcap, FAST: tl.constexpr):
     "`softcap * tanh(s / softcap)`: the GPU's one-instruction tanh where `FAST` (half precision), else exact."
     if FAST:
         t = tl.inline_asm_elementwise(
-            "tanh.approx.f32 $0, $1;", "=f,f", [s / softcap], dtype=tl.float32, is_pure=True, pack=1
+            "tanh.approx.f32 $0, $1;", "=f,f", [s * (1.0 / softcap)], dtype=tl.float32, is_pure=True, pack=1
         )
     else:
-        t = 2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0
+        t = 2.0 * tl.sigmoid(s * (2.0 / softcap)) - 1.0
     return softcap * t
 
 

@@ -143,7 +143,7 @@ full_flops = sum(4 * HQ * D * n * (n + 1) / 2 for n in lens)
 variants = {
     "causal": (None, None),
     "softcap_50": (softcap(50.0), None),
-    "alibi": (alibi(alibi_slopes(HQ)), None),
+    "alibi": (alibi(alibi_slopes(HQ).to(dev)), None),  # on the device: FlexAttention reads it in-kernel
     "sinks": (attention_sinks(torch.randn(HQ)), None),
     "window_1024": (None, sliding_window(1024)),
     "chunk_2048": (None, chunked_local(2048)),
