@@ -18,7 +18,7 @@ statuses = [
     "7 - Inactive",
 ]
 readme = Path(__file__).parent / "README.md"
-extras = {k: c.get(f"{k}_requirements", "").split() for k in ("assets", "bench", "triton")}
+extras = {k: c.get(f"{k}_requirements", "").split() for k in ("assets", "bench", "triton", "serve")}
 
 setuptools.setup(
     name=c["lib_name"],
@@ -45,7 +45,7 @@ setuptools.setup(
     install_requires=c.get("requirements", "").split(),
     extras_require={
         **extras,
-        "dev": extras["assets"] + extras["bench"] + c.get("dev_requirements", "").split(),
+        "dev": extras["assets"] + extras["bench"] + extras["serve"] + c.get("dev_requirements", "").split(),
     },
     entry_points={
         "console_scripts": c.get("console_scripts", "").split(),
