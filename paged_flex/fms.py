@@ -4,27 +4,33 @@
 
 # %% ../nbs/09_fms.ipynb #6d1342ba
 from __future__ import annotations
+import dataclasses
 import math
 import operator
+import re
 from pathlib import Path
 import torch
 from tqdm import tqdm
 from fms.models import get_model
+from fms.models.hf.utils import infer_model_configuration
 from fms.modules.attention import AttentionKwargs, get_attention_type, register_attention_op
+from fms.utils import serialization
+from safetensors import safe_open
 from tokenizers import ByteLevelBPETokenizer
 from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from .cache import PagedKVCache, default_device
 from .block_tables import check_positive_int
 from .attention import PagedStep, attention_step
-from .backends import attend, select_backend
-from .mods import sliding_window, variant_kinds
+from .backends import BACKENDS, attend, select_backend
+from .mods import attention_sinks, sliding_window, variant_kinds
 
 # %% auto #0
-__all__ = ['ATTN_NAME', 'SUPPORTED_ROPE', 'SUPPORTED_MODELS', 'paged_step', 'paged_kv_states', 'pool_layer',
-           'PagedAttentionKwargs', 'register_paged_attention', 'model_kv_shape', 'paged_cache_for', 'check_cache_fits',
-           'paged_attn_kwargs', 'paged_forward', 'fms_rope_scaling', 'check_llama_folder', 'fms_overrides',
-           'model_mask_mod', 'load_llama', 'save_random_llama', 'sample', 'check_sampling', 'encode_prompts',
-           'generate']
+__all__ = ['ATTN_NAME', 'SUPPORTED_ROPE', 'SUPPORTED_MODELS', 'SOURCES', 'paged_step', 'paged_kv_states', 'pool_layer',
+           'layer_step', 'PagedAttentionKwargs', 'register_paged_attention', 'model_kv_shape', 'paged_cache_for',
+           'check_cache_fits', 'paged_attn_kwargs', 'paged_forward', 'fms_rope_scaling', 'check_llama_folder',
+           'gpt_oss_overrides', 'fms_overrides', 'model_mask_mod', 'register_transformers_adapters',
+           'checkpoint_tensors', 'check_layers', 'check_weights', 'load_llama', 'save_random_llama', 'sample',
+           'check_sampling', 'encode_prompts', 'generate']
 
 # %% ../nbs/09_fms.ipynb #476e6077
 def _check_positions(cache: PagedKVCache, ids: torch.Tensor, pos: torch.Tensor) -> None:
@@ -93,6 +99,24 @@ def pool_layer(cache: PagedKVCache, pool: torch.Tensor) -> int:
         f"(past_key_value_states=paged_kv_states(cache), use_cache=True), got {got}"
     )
 
+# %% ../nbs/09_fms.ipynb #a4756b51
+def layer_step(step: PagedStep, sinks: torch.Tensor | None = None, window: int = 0) -> PagedStep:
+    """`step` with one layer's own variant, as FMS's gpt-oss passes it: its sink logits `[heads]` and
+    its sliding window (0: none). FMS passes a window only with sinks."""
+    if sinks is None:
+        return step
+    if step.score_mod is not None or step.mask_mod is not None:
+        raise ValueError(
+            f"a layer with its own sinks or window cannot also run the step's "
+            f"{step.score_mod or step.mask_mod}"
+        )
+    mods = sinks.__dict__.setdefault("paged_flex_mods", {})  # window -> (score_mod, mask_mod)
+    if window not in mods:  # once per layer: no host sync inside a captured CUDA graph
+        mods[window] = (attention_sinks(sinks.detach()), sliding_window(window) if window else None)
+    score_mod, mask_mod = mods[window]
+    backend = "gather" if BACKENDS[step.backend].block_mask else step.backend  # BlockMask: step's only
+    return dataclasses.replace(step, backend=backend, score_mod=score_mod, mask_mod=mask_mod)
+
 # %% ../nbs/09_fms.ipynb #260550eb
 class PagedAttentionKwargs(AttentionKwargs):
     "The attention kwargs of `attn_name='paged_flex'`."
@@ -108,11 +132,22 @@ def _store(keys, values, key_cache, value_cache, paged_step: PagedStep, **_):
 
 
 def _attend(
-    query, key_cache, value_cache, nheads, kvheads, p_dropout, scale_factor, paged_step: PagedStep, **_
+    query,
+    key_cache,
+    value_cache,
+    nheads,
+    kvheads,
+    p_dropout,
+    scale_factor,
+    paged_step: PagedStep,
+    sinks=None,
+    sliding_window=0,
+    **_,
 ):
     "Paged attention of the step's queries `[1, tokens, heads, head_dim]` over this layer's pages."
     layer = pool_layer(paged_step.cache, key_cache)
-    return attend(query[0], paged_step, layer, scale_factor).unsqueeze(0)  # [1, tokens, heads, head_dim]
+    step = layer_step(paged_step, sinks, sliding_window)  # gpt-oss: this layer's sinks and window
+    return attend(query[0], step, layer, scale_factor).unsqueeze(0)  # [1, tokens, heads, head_dim]
 
 
 def _is_prefill(paged_step: PagedStep, **_) -> bool:
@@ -179,9 +214,10 @@ register_paged_attention()
 
 # %% ../nbs/09_fms.ipynb #1c1a25a6
 def model_kv_shape(model) -> tuple[int, int, int]:
-    "`(num_layers, kv_heads, head_dim)` of an FMS decoder (LLaMA, Mistral, Qwen3, Granite)."
+    "`(num_layers, kv_heads, head_dim)` of an FMS decoder (LLaMA, Mistral, Qwen3, Granite, Mixtral, gpt-oss)."
     c = model.config
-    return c.nlayers, c.kvheads or c.nheads, getattr(c, "head_dim", None) or c.emb_dim // c.nheads
+    width = getattr(c, "emb_dim", None) or c.dim  # Mixtral calls it dim
+    return c.nlayers, c.kvheads or c.nheads, getattr(c, "head_dim", None) or width // c.nheads
 
 
 def paged_cache_for(
@@ -240,11 +276,18 @@ def paged_forward(
             last_n_tokens=last_n_tokens,
             **paged_attn_kwargs(step),
         )
-    return logits[0]
+    return logits[0, -last_n_tokens:]  # FMS's GptOss has no last_n_tokens and returns every token's logits
 
 # %% ../nbs/09_fms.ipynb #b6922372
 SUPPORTED_ROPE = ("default", "llama3")
-SUPPORTED_MODELS = ("llama", "mistral", "qwen3", "granite")  # FMS decoders whose attention runs on our op
+SUPPORTED_MODELS = (
+    "llama",
+    "mistral",
+    "qwen3",
+    "granite",
+    "mixtral",
+    "gpt_oss",
+)  # FMS decoders whose attention runs on our op
 
 
 def fms_rope_scaling(hf_config) -> dict:
@@ -283,52 +326,220 @@ def check_llama_folder(folder) -> tuple[Path, LlamaConfig]:
             f"supported; a window for every layer is (a Mistral config's sliding_window)"
         )
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    if config.model_type == "llama" and head_dim * config.num_attention_heads != config.hidden_size:
+    fixed_head = config.model_type in ("llama", "mixtral")
+    if fixed_head and head_dim * config.num_attention_heads != config.hidden_size:
         raise ValueError(
             f"head_dim={head_dim} x {config.num_attention_heads} heads != hidden_size={config.hidden_size}: "
-            f"FMS's LLaMA needs head_dim = hidden_size / num_heads"
+            f"FMS's {config.model_type} needs head_dim = hidden_size / num_heads"
         )
-    fms_rope_scaling(config)
+    if config.model_type == "mixtral" and config.tie_word_embeddings:
+        raise ValueError(f"{str(folder)!r}: FMS's Mixtral has no tied head (tie_word_embeddings=True)")
+    fms_overrides(config)  # refuses settings FMS does not run
     return folder, config
+
+# %% ../nbs/09_fms.ipynb #6c8d408c
+def gpt_oss_overrides(config) -> dict:
+    "FMS's GptOss settings from a transformers 5 config, or an error naming what FMS 1.13 fixes otherwise."
+    rope = config.rope_parameters
+    fixed = {  # the config's value, and what FMS 1.13's GptOss runs
+        "sliding_window": (config.sliding_window, 128),
+        "intermediate_size": (config.intermediate_size, config.hidden_size),
+        "swiglu_alpha": (config.swiglu_alpha, 1.702),
+        "rope_type": (rope.get("rope_type"), "yarn"),
+        "truncate": (rope.get("truncate", True), False),
+    }
+    bad = [f"{k}={got!r} (FMS 1.13 runs {want!r})" for k, (got, want) in fixed.items() if got != want]
+    if bad:
+        raise ValueError("FMS 1.13's gpt-oss cannot run this config: " + "; ".join(bad))
+    return {
+        "max_expected_seq_len": rope["original_max_position_embeddings"],  # FMS's pre-YaRN length
+        "rope_base": float(rope["rope_theta"]),
+        "rope_scaling_factor": float(rope["factor"]),
+        "rope_ntk_alpha": float(rope["beta_slow"]),
+        "rope_ntk_beta": float(rope["beta_fast"]),
+        "swiglu_limit": float(config.swiglu_limit),
+        "layer_types": list(config.layer_types),
+    }
 
 
 def fms_overrides(config) -> dict:
     "What FMS 1.13 reads differently from a transformers 5 config, per model type."
     if config.model_type == "llama":
         return {"rope_scaling": fms_rope_scaling(config)}
+    if config.model_type == "gpt_oss":
+        return gpt_oss_overrides(config)
     rope = getattr(config, "rope_parameters", None) or {}
-    theta = rope.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0
+    theta = float(rope.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
     if rope.get("rope_type", "default") != "default":
         raise ValueError(
             f"{config.model_type}: rope_type {rope['rope_type']!r} is not supported; only 'default'"
         )
+    if config.model_type == "mixtral":  # FMS's builder passes `kv_heads`, which its MixtralConfig lacks
+        return {"kvheads": config.num_key_value_heads, "rope_base": theta}
     # the MLP width is the checkpoint's, not rounded up to a multiple of 256; RoPE's base under FMS's name
     theta_name = "rope_base" if config.model_type == "mistral" else "rope_theta"
-    return {"multiple_of": 1, theta_name: float(theta)}
+    return {"multiple_of": 1, theta_name: theta}
 
 
 def model_mask_mod(folder):
-    "The attention variant a checkpoint's config asks for in every layer: a Mistral's sliding window."
+    "The attention variant a checkpoint's config asks for in every layer: a Mistral's or Mixtral's window."
     config = AutoConfig.from_pretrained(folder)
-    window = getattr(config, "sliding_window", None) if config.model_type == "mistral" else None
+    window = getattr(config, "sliding_window", None) if config.model_type in ("mistral", "mixtral") else None
     return sliding_window(window) if window else None
 
+# %% ../nbs/09_fms.ipynb #d8ac334a
+_MIXTRAL_NAMES = (  # transformers' name -> FMS's, in order
+    (r"^lm_head", "head"),
+    (r"^model\.embed_tokens", "base_model.embedding"),
+    (r"^model\.norm", "base_model.dec_norm"),
+    (r"^model\.layers", "base_model.layers"),
+    (r"self_attn\.q_proj", "attn.in_proj.query"),
+    (r"self_attn\.k_proj", "attn.in_proj.key"),
+    (r"self_attn\.v_proj", "attn.in_proj.value"),
+    (r"self_attn\.o_proj", "attn.dense"),
+    (r"input_layernorm", "ln"),
+    (r"post_attention_layernorm", "ff_ln"),
+    (r"block_sparse_moe\.gate", "ff_sub_layer.gate"),
+    (r"block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight", r"ff_sub_layer.cond_ffn.\2.\1"),
+)
 
+
+def _mixtral_names(input_sd, **_) -> dict:
+    "transformers' Mixtral names -> FMS's, each layer's experts stacked `[experts, out, in]`."
+    out, experts = {}, {}
+    for name, t in input_sd.items():
+        for pattern, new in _MIXTRAL_NAMES:
+            name = re.sub(pattern, new, name)
+        if m := re.fullmatch(r"(.*\.cond_ffn\.w[123])\.(\d+)", name):
+            experts.setdefault(m[1], {})[int(m[2])] = t  # [out, in] of expert m[2]
+        else:
+            out[name] = t
+    return {**out, **{k: torch.stack([e[i] for i in sorted(e)]) for k, e in experts.items()}}
+
+
+def _rope_halves_to_pairs(input_sd, model_config, **_) -> dict:
+    "q and k rows `[heads * head_dim, emb]` from RoPE in two halves per head to interleaved pairs."
+    head_dim = model_config.dim // model_config.nheads
+    out = dict(input_sd)
+    for name, t in input_sd.items():
+        if re.search(r"attn\.in_proj\.(query|key)\.weight$", name):
+            out[name] = t.view(-1, 2, head_dim // 2, t.shape[-1]).transpose(1, 2).reshape(t.shape)
+    return out
+
+
+def _gpt_oss_experts(input_sd, **_) -> dict:
+    "transformers' unquantized gpt-oss experts `[experts, in, out]` -> FMS's `[experts, out, in]`."
+    out = {}
+    for name, t in input_sd.items():
+        if m := re.fullmatch(r"(.*)\.mlp\.experts\.(gate_up_proj|down_proj)", name):
+            name = f"{m[1]}.ff_sub_layer.cond_ffn.{'w13' if m[2] == 'gate_up_proj' else 'w2'}"
+            t = t.transpose(1, 2).contiguous()
+        out[name] = t
+    return out
+
+# %% ../nbs/09_fms.ipynb #4f0c3474
+SOURCES = {"mixtral": "transformers", "gpt_oss": "transformers"}  # FMS's own 'hf' adapters read other layouts
+
+
+def register_transformers_adapters() -> None:
+    "FMS adapters (source 'transformers') for the Mixtral and gpt-oss folders transformers saves; once."
+    if "transformers" in serialization.list_sources("mixtral"):
+        return
+    serialization.register_adapter_step("mixtral", "transformers_names", _mixtral_names)
+    serialization.register_adapter_step("mixtral", "rope_halves_to_pairs", _rope_halves_to_pairs)
+    serialization.register_adapter(
+        "mixtral", "transformers", ["transformers_names", "rope_halves_to_pairs", "weight_fusion"]
+    )
+    serialization.register_adapter_step("gpt_oss", "transformers_experts", _gpt_oss_experts)
+    serialization.register_adapter(
+        "gpt_oss", "transformers", ["hf_to_fms_names", "transformers_experts", "weight_fusion"]
+    )
+
+
+register_transformers_adapters()
+
+# %% ../nbs/09_fms.ipynb #30bf2c28
+def checkpoint_tensors(folder) -> dict[str, torch.Tensor]:
+    "Each tensor of a HF folder's weights as a meta tensor of its shape and dtype, read from file headers."
+    folder = Path(folder)
+    files = sorted(p for p in folder.glob("*.safetensors") if p.name != "consolidated.safetensors")  # as FMS
+    out = {}
+    for path in files:
+        with safe_open(path, "pt") as f:
+            for name in f.keys():
+                part = f.get_slice(name)
+                shape = part.get_shape()
+                dtype = (part[:0] if shape else f.get_tensor(name)).dtype  # reads no data
+                out[name] = torch.empty(shape, dtype=dtype, device="meta")
+    for path in [] if files else sorted(folder.glob("*.bin")) or sorted(folder.glob("*.pt")):
+        for name, t in torch.load(path, mmap=True, map_location="cpu", weights_only=True).items():
+            out[name] = t.to("meta")
+    return out
+
+
+def check_layers(tensors: dict, num_layers: int) -> None:
+    "A `ValueError` unless the weights hold layers 0 to `num_layers - 1`, as config.json says."
+    found = sorted({int(m[1]) for name in tensors if (m := re.search(r"layers\.(\d+)\.", name))})
+    if found != list(range(num_layers)):
+        held = f"layers {', '.join(map(str, found))}" if found else "no layers"
+        raise ValueError(f"config.json says num_hidden_layers={num_layers}, but the weights hold {held}")
+
+# %% ../nbs/09_fms.ipynb #82cd1908
+_HF_NAMES = {"head.weight": "lm_head.weight", "base_model.embedding.weight": "model.embed_tokens.weight"}
+_IGNORED = re.compile(r"rotary_emb\.inv_freq$")  # RoPE tables older checkpoints saved; FMS computes its own
+
+
+def check_weights(model, folder, architecture: str, source: str) -> None:
+    """A `ValueError` naming each tensor and both shapes unless the checkpoint in `folder`, through FMS's
+    `source` adapter, holds exactly FMS `model`'s tensors (a tied head is its embedding)."""
+    tensors = {k: t for k, t in checkpoint_tensors(folder).items() if not _IGNORED.search(k)}
+    check_layers(tensors, model.config.nlayers)
+    got = serialization.get_adapted(architecture, source, tensors, {"model_config": model.config})
+    want = model.state_dict(keep_vars=True)  # FMS's name -> meta tensor; tied names share one
+    names = {}
+    for k, t in want.items():
+        names.setdefault(id(t), set()).add(k)
+    problems = [
+        f"{k} {list(t.shape)} is missing" + (f" (HF's {_HF_NAMES[k]})" if k in _HF_NAMES else "")
+        for k, t in want.items()
+        if not names[id(t)] & got.keys()
+    ]
+    problems += [f"{k} {list(t.shape)} is not in the model" for k, t in got.items() if k not in want]
+    problems += [
+        f"{k} is {list(t.shape)} in the checkpoint, {list(want[k].shape)} in the model"
+        for k, t in got.items()
+        if k in want and t.shape != want[k].shape
+    ]
+    if problems:
+        more = f"; and {len(problems) - 6} more" if len(problems) > 6 else ""
+        raise ValueError(
+            f"{str(folder)!r} does not fit the {architecture} its config.json describes (FMS's names): "
+            + "; ".join(problems[:6])
+            + more
+        )
+
+# %% ../nbs/09_fms.ipynb #b6f7de39
 def load_llama(folder, device=None, dtype: torch.dtype | None = None):
-    """`(model, tokenizer)`: FMS's model from a local HF LLaMA-family folder (LLaMA, Mistral, Qwen3,
-    Granite), and its tokenizer (None if it has none).
+    """`(model, tokenizer)`: FMS's model from a local HF folder of a decoder FMS runs on our op (LLaMA,
+    Mistral, Qwen3, Granite, Mixtral, gpt-oss), checked tensor by tensor, and its tokenizer (None if none).
     """
     folder, config = check_llama_folder(folder)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    model = get_model(
-        "hf_pretrained",
-        model_path=str(folder),
-        device_type=device.type,
-        data_type=dtype,
-        override_hf_pretrained_config=True,
+    params = infer_model_configuration(str(folder), download_weights=False)  # FMS's reading of config.json
+    architecture, variant = params.pop("architecture"), params.pop("variant")
+    source = SOURCES.get(architecture, "hf")
+    kwargs = {
+        **params,
         **fms_overrides(config),
+        "model_path": str(folder),
+        "source": source,
+        "data_type": dtype,
+    }
+    check_weights(
+        get_model(architecture, variant, device_type="meta", **kwargs), folder, architecture, source
     )
+    model = get_model(architecture, variant, device_type=device.type, **kwargs)
     has_tokenizer = any(
         (folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
     )
