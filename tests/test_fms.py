@@ -217,9 +217,11 @@ def test_loader_errors(tmp_path, models):
         load_llama(folder)
 
 
-@pytest.mark.parametrize("kind", ["mistral", "qwen3", "granite"])
+@pytest.mark.parametrize("kind", ["mistral", "qwen3", "granite", "mixtral", "gpt_oss"])
 def test_other_decoders_match_hf(tmp_path, kind):
-    "FMS's Mistral (window 8, run by our mask), Qwen3 (QK-norm) and Granite (multipliers) through LLM."
+    """FMS's Mistral (window 8, run by our mask), Qwen3 (QK-norm), Granite (multipliers), Mixtral (4
+    experts, 2 per token) and gpt-oss (sinks, a window of 128 on every other layer: one prompt is longer)
+    through LLM."""
     import transformers as T
 
     from paged_flex.engine import LLM, SamplingParams
@@ -240,17 +242,24 @@ def test_other_decoders_match_hf(tmp_path, kind):
         "granite": dict(
             embedding_multiplier=2.0, logits_scaling=1.5, residual_multiplier=0.5, attention_multiplier=0.3
         ),
+        "mixtral": dict(intermediate_size=64, num_local_experts=4, num_experts_per_tok=2),
+        "gpt_oss": dict(intermediate_size=64, num_local_experts=4, num_experts_per_tok=2),
     }[kind]
     config_cls, model_cls = {
         "mistral": (T.MistralConfig, T.MistralForCausalLM),
         "qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM),
         "granite": (T.GraniteConfig, T.GraniteForCausalLM),
+        "mixtral": (T.MixtralConfig, T.MixtralForCausalLM),
+        "gpt_oss": (T.GptOssConfig, T.GptOssForCausalLM),
     }[kind]
     torch.manual_seed(0)
-    hf = model_cls(config_cls(**base, **extra)).eval()
+    hf = model_cls(config_cls(**{**base, **extra})).eval()
+    for layer in hf.model.layers if kind == "gpt_oss" else []:
+        layer.self_attn.sinks.data.normal_(0, 2)  # large enough to matter
     hf.save_pretrained(tmp_path / kind)
     g = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(3, 300, (n,), generator=g).tolist() for n in (5, 23, 11)]
+    lens = (5, 140, 11) if kind == "gpt_oss" else (5, 23, 11)  # 140 + 20 tokens: past the window of 128
+    prompts = [torch.randint(3, 300, (n,), generator=g).tolist() for n in lens]
     with torch.no_grad():
         expected = [
             hf.generate(torch.tensor([p]), max_new_tokens=20, min_new_tokens=20, do_sample=False)[
