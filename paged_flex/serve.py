@@ -119,7 +119,7 @@ def chat_prompt(messages, tokenizer, chat_template: str | None = None) -> list[i
 # %% ../nbs/15_serve.ipynb #3f95a958
 SAMPLING_FIELDS = (
     "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids", "ignore_eos", "n",
-    "logprobs", "min_p", "min_tokens", "presence_penalty", "frequency_penalty", "repetition_penalty",
+    "min_p", "min_tokens", "presence_penalty", "frequency_penalty", "repetition_penalty",
 )  # fmt: skip
 NEUTRAL = {"n": 1, "min_p": 0, "min_tokens": 0, "presence_penalty": 0, "frequency_penalty": 0,
            "repetition_penalty": 1, "echo": False, "best_of": 1, "logit_bias": {}}  # fmt: skip
@@ -171,7 +171,11 @@ class Job:
     def __post_init__(self):
         prefix = {"completion": "cmpl", "chat": "chatcmpl"}[self.kind]
         self.id = self.id or f"{prefix}-{uuid.uuid4().hex}"
-        self.request_ids = [f"{self.id}-{i}" for i in range(len(self.prompts))]  # the engine's request ids
+
+    @property
+    def request_ids(self) -> list[str]:
+        "The engine's request ids, one per prompt."
+        return [f"{self.id}-{i}" for i in range(len(self.prompts))]
 
 # %% ../nbs/15_serve.ipynb #532d18cd
 REQUEST_FIELDS = {
