@@ -4,14 +4,15 @@
 
 # %% ../nbs/14_benchmarks.ipynb #7aff3c3d
 from __future__ import annotations
-import datetime, json, random, tempfile, time
+import datetime, json, os, random, tempfile, time
 from pathlib import Path
 import torch
 from .engine import LLM, SamplingParams, RequestOutput
+from .fms import check_llama_folder
 
 # %% auto #0
-__all__ = ['W1_CONFIG', 'random_prompts', 'random_model_folder', 'environment', 'run_w1', 'run_w1_peers', 'run_w2',
-           'run_arrivals', 'run_w3', 'run_w4', 'run_bench', 'plot_bench']
+__all__ = ['W1_CONFIG', 'SMALL_CONFIG', 'random_prompts', 'random_model_folder', 'environment', 'run_w1', 'run_w1_peers',
+           'run_w2', 'run_arrivals', 'run_w3', 'run_w4', 'check_out_path', 'run_workloads', 'run_bench', 'plot_bench']
 
 # %% ../nbs/14_benchmarks.ipynb #da749f66
 W1_CONFIG = dict(
@@ -309,53 +310,48 @@ def run_w4(
         res["alone_identical"] = sum(a == outs[i].outputs[0].token_ids for a, i in zip(alone, idx))
     return res
 
-# %% ../nbs/14_benchmarks.ipynb #1fd94263
-def run_bench(
-    workloads=("w1", "w2", "w3", "w4"),
-    out: str | None = "bench.json",
-    model_path=None,
-    device=None,
-    small: bool = False,
-    dtype: torch.dtype | None = None,
-    peers: bool = True,
-) -> dict:
-    """Run the engine workloads (W1 with its peers unless `peers=False`); `small` shrinks them for a CPU.
-    Writes and returns the results."""
-    dev = (
-        torch.device(device)
-        if device
-        else (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-    )
-    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    cfg = dict(W1_CONFIG)
-    if small:
-        cfg.update(
-            hidden_size=128,
-            intermediate_size=352,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=512,
+# %% ../nbs/14_benchmarks.ipynb #7b281ebc
+def check_out_path(out) -> Path:
+    "`out` as a Path if a result file can be written there, else a ValueError naming it."
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise ValueError(f"cannot write the results to {str(out)!r}: it is a folder; expected a .json file")
+    if not path.parent.is_dir():
+        raise ValueError(
+            f"cannot write the results to {str(out)!r}: folder {str(path.parent)!r} does not exist"
         )
-    folder = model_path or random_model_folder(cfg, dtype=dtype)
-    vocab, n1, hi = cfg["vocab_size"], (8 if small else 64), (128 if small else 1024)
-    res = {
-        **environment(),
-        "model": str(model_path or f"random LLaMA {cfg}"),
-        "dtype": str(dtype),
-        "small": small,
-        "results": {},
-    }
-    gb = 2**30
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(
+            f"cannot write the results to {str(out)!r}: folder {str(path.parent)!r} is read-only"
+        )
+    return path
+
+# %% ../nbs/14_benchmarks.ipynb #2a2015a6
+SMALL_CONFIG = dict(  # W1_CONFIG's overrides for a CPU
+    hidden_size=128,
+    intermediate_size=352,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=512,
+)
+
+
+def run_workloads(
+    folder, vocab: int, workloads, dev: torch.device, dtype: torch.dtype, small: bool, peers: bool
+) -> dict:
+    "Each workload's results on the model in `folder`, prompts' tokens in [3, vocab); `small` shrinks them."
+    n1, hi, gb = (8 if small else 64), (128 if small else 1024), 2**30
+    results = {}
     if "w1" in workloads:
         llm = LLM(folder, device=dev, dtype=dtype, max_num_seqs=64, max_num_batched_tokens=8192)
         w1_prompts, w1_new = random_prompts(n1, 64 if not small else 8, hi, vocab), (128 if not small else 16)
-        res["results"]["w1"] = run_w1(llm, w1_prompts, w1_new)
+        results["w1"] = run_w1(llm, w1_prompts, w1_new)
         del llm
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         if peers:
-            res["results"]["w1_peers"] = run_w1_peers(folder, w1_prompts, w1_new, dev, dtype)
+            results["w1_peers"] = run_w1_peers(folder, w1_prompts, w1_new, dev, dtype)
     if "w2" in workloads:
         llm = LLM(
             folder,
@@ -365,7 +361,7 @@ def run_bench(
             max_num_seqs=1024 if not small else 128,
             max_num_batched_tokens=16384 if not small else 1024,
         )
-        res["results"]["w2"] = run_w2(
+        results["w2"] = run_w2(
             llm,
             random_prompts(1024 if not small else 128, 64 if not small else 8, hi, vocab, seed=2),
             128 if not small else 16,
@@ -381,7 +377,7 @@ def run_bench(
             max_num_batched_tokens=8192,
             kv_cache_memory=(16 * gb if not small else 64 * 2**20),
         )
-        res["results"]["w3"] = run_w3(
+        results["w3"] = run_w3(
             mk(True),
             mk(False),
             prefix_len=1024 if not small else 128,
@@ -398,7 +394,7 @@ def run_bench(
             max_num_batched_tokens=4096 if not small else 256,
             kv_cache_memory=(2 * 10**8 if not small else 2**20),
         )
-        res["results"]["w4"] = run_w4(
+        results["w4"] = run_w4(
             llm,
             n=1000 if not small else 100,
             per_step=4,
@@ -409,11 +405,39 @@ def run_bench(
             check_alone=50 if not small else 10,
         )
         del llm
+    return results
+
+# %% ../nbs/14_benchmarks.ipynb #1fd94263
+def run_bench(
+    workloads=("w1", "w2", "w3", "w4"),
+    out: str | None = "bench.json",
+    model_path=None,
+    device=None,
+    small: bool = False,
+    dtype: torch.dtype | None = None,
+    peers: bool = True,
+) -> dict:
+    """Run the engine workloads (W1 with its peers unless `peers=False`) on `model_path`, or on a random
+    W1 model in a temporary folder removed at the end; `small` shrinks them for a CPU.
+    Writes and returns the results."""
+    out = check_out_path(out) if out else None  # before any workload runs
+    dev = torch.device(device) if device else (torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    with tempfile.TemporaryDirectory(prefix="paged_flex_bench_") as tmp:
+        if model_path is None:
+            cfg = {**W1_CONFIG, **(SMALL_CONFIG if small else {})}
+            folder = random_model_folder(cfg, tmp, dtype)
+            vocab, name = cfg["vocab_size"], f"random LLaMA {cfg}"
+        else:
+            folder, config = check_llama_folder(model_path)
+            vocab, name = config.vocab_size, str(model_path)  # random prompts in the model's own vocabulary
+        res = {**environment(), "model": name, "dtype": str(dtype), "small": small}
+        res["results"] = run_workloads(folder, vocab, workloads, dev, dtype, small, peers)
     if out:
-        Path(out).write_text(json.dumps(res, indent=1, default=str))
+        out.write_text(json.dumps(res, indent=1, default=str))
     return res
 
-
+# %% ../nbs/14_benchmarks.ipynb #2c896fb5
 def plot_bench(res: dict, path=None):
     """The tables of a `run_bench` result as one figure (saved to `path` if given):
     W1 with its peers, W2, W3, W4."""
