@@ -332,7 +332,9 @@ def generate_command(args) -> int:
 
     try:
         device, params = check_device(args.device), sampling_params(args)
-        folder, config = check_llama_folder(smollm2_folder() if args.model is None else args.model)
+        folder, config = check_llama_folder(
+            smollm2_folder(progress=not args.no_progress) if args.model is None else args.model
+        )
         prompts = encoded_prompts(args, folder, config)
     except (ValueError, FileNotFoundError) as e:  # FileNotFoundError: no model folder, SmolLM2 not installed
         return fail(e)
