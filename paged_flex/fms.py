@@ -344,7 +344,7 @@ def gpt_oss_overrides(config) -> dict:
     fixed = {  # the config's value, and what FMS 1.13's GptOss runs
         "sliding_window": (config.sliding_window, 128),
         "intermediate_size": (config.intermediate_size, config.hidden_size),
-        "swiglu_alpha": (config.swiglu_alpha, 1.702),
+        "swiglu_alpha": (getattr(config, "swiglu_alpha", 1.702), 1.702),  # older transformers fix it too
         "rope_type": (rope.get("rope_type"), "yarn"),
         "truncate": (rope.get("truncate", True), False),
     }
@@ -357,7 +357,7 @@ def gpt_oss_overrides(config) -> dict:
         "rope_scaling_factor": float(rope["factor"]),
         "rope_ntk_alpha": float(rope["beta_slow"]),
         "rope_ntk_beta": float(rope["beta_fast"]),
-        "swiglu_limit": float(config.swiglu_limit),
+        "swiglu_limit": float(getattr(config, "swiglu_limit", 7.0)),
         "layer_types": list(config.layer_types),
     }
 
