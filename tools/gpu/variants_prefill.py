@@ -58,6 +58,7 @@ def rel(o, r):
 H = 8
 small = {
     "window": (None, sliding_window(37)),
+    "alibi+sinks": (score_mods(alibi(alibi_slopes(H)), attention_sinks(torch.linspace(-2, 2, H))), None),
     "window per head": (None, sliding_window(torch.tensor([1, 3, 17, 64, 100, 5, 9, 200]))),
     "chunk": (None, chunked_local(64)),
     "softcap": (softcap(0.3), None),
