@@ -15,10 +15,10 @@ from .block_tables import check_page_size, check_positive_int
 from .waste import uniform_lengths, contiguous_waste, kv_bytes_per_token
 
 # %% auto #0
-__all__ = ['DEMO_PROMPTS', 'demo', 'engine_demo', 'fail', 'DefaultsFormatter', 'Parser', 'check_device', 'demo_parser',
-           'demo_command', 'generate_parser', 'sampling_params', 'encoded_prompts', 'generate_outputs',
+__all__ = ['DEMO_PROMPTS', 'SERVE_HELP', 'demo', 'engine_demo', 'fail', 'DefaultsFormatter', 'Parser', 'check_device',
+           'demo_parser', 'demo_command', 'generate_parser', 'sampling_params', 'encoded_prompts', 'generate_outputs',
            'format_samples', 'load_engine', 'generate_command', 'bench_parser', 'bench_command', 'assets_parser',
-           'assets_command', 'parser', 'main']
+           'assets_command', 'serve_command', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #a20b8fa8
 def demo(
@@ -405,6 +405,29 @@ def assets_command(args) -> int:
     install_assets(args.cache_dir, progress=not args.no_progress)
     return 0
 
+# %% ../nbs/90_cli.ipynb #5e7e0c01
+SERVE_HELP = "an OpenAI-compatible HTTP server over the engine (needs paged_flex[serve])"
+
+
+def serve_command(argv: list[str]) -> int:
+    """`paged-flex serve ...`: its options live in paged_flex.serve (notebook 15), loaded only for this
+    command; the device and model folder are checked before the model loads."""
+    from paged_flex.serve import add_serve_parser, serve_main
+    from paged_flex.fms import check_llama_folder
+    from paged_flex.assets import smollm2_folder
+
+    p = Parser(prog="paged-flex")
+    add_serve_parser(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(["serve", *argv])
+    try:
+        check_device(args.device)
+        check_llama_folder(smollm2_folder(progress=False) if args.model is None else args.model)
+        if args.port < 0 or args.port > 65535:
+            raise ValueError(f"--port must be 0-65535, got {args.port}")
+    except (ValueError, FileNotFoundError) as e:
+        return fail(e)
+    return serve_main(args)
+
 # %% ../nbs/90_cli.ipynb #9add9471
 def parser() -> Parser:
     "The `paged-flex` command line: one subcommand per job, each option with its help and default."
@@ -415,11 +438,18 @@ def parser() -> Parser:
     generate_parser(sub).set_defaults(run=generate_command)
     bench_parser(sub).set_defaults(run=bench_command)
     assets_parser(sub).set_defaults(run=assets_command)
+    sub.add_parser("serve", help=SERVE_HELP, add_help=False)  # parsed by serve_command: see `main`
     return p
 
 
 def main(argv=None) -> int:
     "The `paged-flex` command; returns its exit status (2: a user's mistake, told in one line)."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # its own parser, from paged_flex.serve
+        try:
+            return serve_command(argv[1:])
+        except SystemExit as e:
+            return e.code
     try:
         args = parser().parse_args(argv)
     except SystemExit as e:  # --help or --version (status 0), or a usage error already told

@@ -753,22 +753,32 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         "serve", help="an OpenAI-compatible HTTP server over the engine (paged_flex[serve])"
     )
     s.add_argument("model", nargs="?", default=None, help="a Hugging Face model folder (default: SmolLM2)")
-    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     s.add_argument("--port", type=int, default=8000, help="0: any free port")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    s.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
-    for flag in (
-        "--page-size",
-        "--kv-cache-memory",
-        "--max-num-seqs",
-        "--max-num-batched-tokens",
-        "--max-seq-len",
-    ):
-        s.add_argument(flag, type=int, default=None, help="bytes" if flag == "--kv-cache-memory" else None)
-    s.add_argument("--num-scheduler-steps", type=int, default=16)
-    s.add_argument("--backend", default="auto")
-    for flag in ("--no-prefix-caching", "--no-cuda-graphs", "--no-fused-kernels"):
-        s.add_argument(flag, action="store_true")
+    s.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        help="(default: bfloat16 on a GPU, else float32)",
+    )
+    sizes = {
+        "--page-size": "tokens per KV page (default: the engine's)",
+        "--kv-cache-memory": "bytes for the KV pool (default: most of the free memory)",
+        "--max-num-seqs": "requests in one running batch, at most",
+        "--max-num-batched-tokens": "tokens of one step, at most (prefill chunks)",
+        "--max-seq-len": "prompt plus generated tokens of a request, at most (default: the model's)",
+    }
+    for flag, text in sizes.items():
+        s.add_argument(flag, type=int, default=None, help=text)
+    s.add_argument("--num-scheduler-steps", type=int, default=16, help="decode steps per plan")
+    s.add_argument("--backend", default="auto", help="attention backend (notebook 05a's registry)")
+    switches = {
+        "--no-prefix-caching": "do not share cached prompt pages",
+        "--no-cuda-graphs": "run decode steps eagerly",
+        "--no-fused-kernels": "keep FMS's own norm, RoPE and MLP modules",
+    }
+    for flag, text in switches.items():
+        s.add_argument(flag, action="store_true", help=text)
     s.add_argument("--served-model-name", default=None, help="the model's name in requests (default: MODEL)")
     s.add_argument("--chat-template", default=None, help="a Jinja chat template, or a file holding one")
     s.add_argument(
@@ -780,7 +790,12 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument(
         "--timeout-graceful-shutdown", type=float, default=30.0, help="seconds to let requests finish"
     )
-    s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    s.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="uvicorn's",
+    )
     return s
 
 # %% ../nbs/15_serve.ipynb #95086d7a

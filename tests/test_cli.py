@@ -12,7 +12,7 @@ import json
 import pytest
 
 import paged_flex
-from paged_flex.cli import main, parser
+from paged_flex.cli import Parser, main, parser
 from paged_flex.engine import LLM, LLMEngine, SamplingParams
 from paged_flex.fms import save_random_llama
 
@@ -48,6 +48,11 @@ MISTAKES = [  # argv ({tiny}, {gpt2}: the fixture's folders) -> what the one lin
     ("bench --model /nonexistent", "'/nonexistent'"),
     ("bench --model {gpt2}", "'gpt2' model"),
     ("bogus", "invalid choice: 'bogus'"),
+    ("serve /nonexistent", "'/nonexistent'"),
+    ("serve {gpt2}", "'gpt2' model"),
+    ("serve {tiny} --device bogus", "got 'bogus'"),
+    ("serve {tiny} --port 70000", "--port must be 0-65535, got 70000"),
+    ("serve {tiny} --port x", "invalid int value: 'x'"),
 ]
 
 
@@ -59,6 +64,7 @@ def test_a_mistake_is_one_line_before_any_model_loads(argv, named, folders, caps
     monkeypatch.setattr(LLMEngine, "__init__", loads)
     monkeypatch.setattr("paged_flex.bench.run_bench", loads)
     monkeypatch.setattr("paged_flex.cli.demo", loads)
+    monkeypatch.setattr("paged_flex.serve.serve_main", loads)
     rc = main(argv.format(**folders).split(" "))
     out, err = capsys.readouterr()
     assert (rc, out, len(err.splitlines())) == (2, "", 1), (argv, rc, out, err)
@@ -73,6 +79,13 @@ def test_every_option_has_help_and_a_shown_default(capsys):
     assert main(["generate", "--help"]) == 0
     out = capsys.readouterr().out
     assert "(default: 64)" in out and "(default: None)" not in out, out
+    assert "serve" in commands  # its options are paged_flex.serve's, parsed by serve_command
+    from paged_flex.serve import add_serve_parser
+
+    serve = add_serve_parser(Parser(prog="paged-flex").add_subparsers())
+    assert [a.dest for a in serve._actions if not a.help] == []
+    assert main(["serve", "--help"]) == 0
+    assert "(default: 8000)" in capsys.readouterr().out
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"paged-flex {paged_flex.__version__}\n"
 
