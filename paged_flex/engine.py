@@ -4,12 +4,13 @@
 
 # %% ../nbs/11_engine.ipynb #9619d0ba
 from __future__ import annotations
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any
+from typing import Any, NamedTuple
 import torch
 from fastcore.basics import patch
 from fastcore.meta import delegates
@@ -23,51 +24,25 @@ from paged_flex.fms import (
     paged_step,
     paged_forward,
     PagedStep,
-    sample,
     model_kv_shape,
-    check_sampling,
     encode_prompts,
 )
 from .attention import StepMetadata
 from .block_tables import check_positive_int, check_page_size
+from paged_flex.sampling import (
+    SamplingParams,
+    RequestOutputKind,
+    Logprob,
+    Sampler,
+    argmax_only,
+    check_number,
+    sample_id,
+)
 
 # %% auto #0
-__all__ = ['GRAPH_BATCHES', 'DEFAULT_PAGE_SIZE', 'SamplingParams', 'CompletionOutput', 'RequestOutput', 'IncrementalDetokenizer',
-           'ModelRunner', 'Sampler', 'DecodeGraph', 'graph_buckets', 'kv_bytes_per_page', 'EngineStats', 'window_of',
-           'LLMEngine', 'LLM']
-
-# %% ../nbs/11_engine.ipynb #2280bfb7
-@dataclass
-class SamplingParams:
-    "How to generate for one request (vLLM's names). `temperature=0` is greedy."
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = None  # None or -1: no top-k cut
-    seed: int | None = None  # a request's own random stream
-    stop: list[str] | None = None  # stop strings: the text ends before the first one
-    stop_token_ids: list[int] | None = None
-    ignore_eos: bool = False
-
-    def __post_init__(self):
-        check_positive_int("max_tokens", self.max_tokens)
-        if self.top_k == -1:
-            self.top_k = None
-        check_sampling(self.temperature, self.top_k, self.top_p)
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ValueError(f"seed must be an int or None, got {self.seed!r}")
-        if not isinstance(self.ignore_eos, bool):
-            raise ValueError(f"ignore_eos must be True or False, got {self.ignore_eos!r}")
-        ids = self.stop_token_ids
-        if ids is not None and not all(
-            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids
-        ):
-            raise ValueError(f"stop_token_ids must be a list of token ids (ints >= 0), got {ids!r}")
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        if self.stop is not None and (not all(isinstance(s, str) and s for s in self.stop)):
-            raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+__all__ = ['GRAPH_BATCHES', 'DEFAULT_PAGE_SIZE', 'CompletionOutput', 'RequestOutput', 'IncrementalDetokenizer', 'ModelRunner',
+           'DecodeGraph', 'graph_buckets', 'resolve_alias', 'kv_bytes_per_page', 'EngineStats', 'window_of',
+           'LLMEngine', 'LLM', 'StreamOutput', 'token_text']
 
 # %% ../nbs/11_engine.ipynb #1ef7127c
 @dataclass
@@ -78,12 +53,13 @@ class CompletionOutput:
     text: str  # generated text, stop string excluded ('' without a tokenizer)
     token_ids: list[int]  # generated token ids
     finish_reason: str | None  # 'stop', 'length', 'abort' or 'error'; None while it runs
-    logprobs: list | None = None
+    logprobs: list[dict[int, Logprob]] | None = None  # one dict per token, where `logprobs` was asked
+    cumulative_logprob: float | None = None  # sum of the sampled tokens' logprobs, where asked
 
 
 @dataclass
 class RequestOutput:
-    "What a request has produced so far (vLLM's shape): `outputs[0].text` is the text."
+    "What a request has produced so far (vLLM's shape): `outputs[i].text` is sample i's text."
 
     request_id: Any
     prompt: str | None  # the prompt text, when the prompt was given as text
@@ -95,34 +71,51 @@ class RequestOutput:
 
 # %% ../nbs/11_engine.ipynb #1dd1d548
 class IncrementalDetokenizer:
-    "Text of a growing list of token ids: each new token decodes a few tokens, never the whole text."
+    "Text of a growing list of token ids, a window at a time: per token with stop strings, else when asked."
 
     def __init__(self, tokenizer, prompt_ids: list[int], stop: list[str] | None = None, context: int = 6):
-        self.tokenizer, self.stop, self.text = tokenizer, stop or [], ""
+        self.tokenizer, self.stop, self._text = tokenizer, stop or [], ""
         self.ids = list(prompt_ids[-context:])  # the prompt's last tokens: spaces decode as in context
         self.prefix = 0  # ids[prefix:read] is the text already emitted, with its context
         self.read = len(self.ids)
         self.stopped = False  # a stop string completed: later tokens add no text
 
-    def add(self, token: int) -> str | None:
-        """Decode one new token into `text`;
-        returns 'stop' when a stop string completes (`text` ends before it)."""
-        if self.stopped:
-            return "stop"
-        self.ids.append(token)
+    @property
+    def text(self) -> str:
+        "The text of the tokens so far, stop string excluded (a trailing half character waits)."
+        self.decode()
+        return self._text
+
+    def decode(self) -> None:
+        "Add the text of the tokens after `read` in one window, up to the last that ends a character."
+        if self.stopped or self.read == len(self.ids):
+            return
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)
-        head, full = decode(self.ids[self.prefix : self.read]), decode(self.ids[self.prefix :])
-        if len(full) <= len(head) or full.endswith("\ufffd"):  # no new text yet, or half a character
-            return None
-        delta = full[len(head) :]
-        self.prefix, self.read = self.read, len(self.ids)
-        start = max(0, len(self.text) - max(map(len, self.stop), default=1) + 1)
-        self.text += delta
-        for s in self.stop:
-            if (i := self.text.find(s, start)) >= 0:
-                self.text, self.stopped = self.text[:i], True
-                return "stop"
-        return None
+        head = decode(self.ids[self.prefix : self.read])
+        for end in range(len(self.ids), self.read, -1):  # usually once: only trailing half characters wait
+            full = decode(self.ids[self.prefix : end])
+            if len(full) > len(head) and not full.endswith("\ufffd"):
+                self._text += full[len(head) :]
+                self.prefix, self.read = self.read, end
+                return
+
+# %% ../nbs/11_engine.ipynb #147d70c7
+@patch
+def add(self: IncrementalDetokenizer, token: int) -> str | None:
+    """Take one new token; with stop strings decode it now and return 'stop' when one completes
+    (`text` then ends before it)."""
+    if self.stopped:
+        return "stop"
+    self.ids.append(token)
+    if not self.stop:
+        return None  # decoded when the text is asked for
+    start = max(0, len(self._text) - max(map(len, self.stop)) + 1)
+    self.decode()
+    for s in self.stop:
+        if (i := self._text.find(s, start)) >= 0:
+            self._text, self.stopped = self._text[:i], True
+            return "stop"
+    return None
 
 # %% ../nbs/11_engine.ipynb #797ef8d3
 class ModelRunner:
@@ -197,34 +190,6 @@ def run_decode_steps(self: ModelRunner, plan: StepPlan, timings: dict | None = N
             out[i] = tokens = paged_forward(self.model, tokens, step, last_n_tokens=B).argmax(-1)
     _record(timings, dev, metadata=t1 - t0, model_since=t1)
     return out
-
-# %% ../nbs/11_engine.ipynb #61f963ee
-class Sampler:
-    """Next tokens for the rows of a step:
-    greedy rows together, sampled rows each with its request's generator."""
-
-    def __init__(self):
-        self.generators: dict = {}  # request id -> torch.Generator, while the request runs
-
-    def sample(self, plan: StepPlan, logits: torch.Tensor) -> list[int]:
-        out = logits.argmax(-1).tolist()
-        for i, seq in enumerate(plan.logit_seqs):
-            p = seq.params
-            if p.temperature == 0:
-                continue
-            if seq.request_id not in self.generators:
-                g = torch.Generator(logits.device)
-                g.manual_seed(p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,))))
-                self.generators[seq.request_id] = g
-            top_p = p.top_p if p.top_p < 1 else None
-            out[i] = int(
-                sample(logits[i : i + 1], p.temperature, p.top_k, top_p, self.generators[seq.request_id])[0]
-            )
-        return out
-
-    def release(self, request_id) -> None:
-        "Forget a finished request's random stream."
-        self.generators.pop(request_id, None)
 
 # %% ../nbs/11_engine.ipynb #546bb8b5
 GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -334,6 +299,13 @@ def run_graph(self: ModelRunner, plan: StepPlan, timings: dict | None = None) ->
     _record(timings, self.cache.device, metadata=t1 - t0, model_since=t1)
     return g.logits[: plan.num_tokens]
 
+# %% ../nbs/11_engine.ipynb #f3445189
+def resolve_alias(name: str, value, alias: str, alias_value):
+    "A setting given by vLLM's `name` or our `alias`: whichever is given; both, and different, is an error."
+    if value is not None and alias_value is not None and str(value) != str(alias_value):
+        raise ValueError(f"{name}={value!r} and {alias}={alias_value!r} disagree: give one of them")
+    return value if value is not None else alias_value
+
 # %% ../nbs/11_engine.ipynb #2ccba7c7
 DEFAULT_PAGE_SIZE = 16  # decode speed flat over pages of 16-128 (notebook 07), and waste lowest at 16
 
@@ -370,7 +342,7 @@ class LLMEngine:
 
     def __init__(
         self,
-        model_path=None,
+        model=None,
         page_size: int | None = None,
         kv_cache_memory: int | None = None,
         max_num_seqs: int | None = None,
@@ -385,12 +357,18 @@ class LLMEngine:
         fused_kernels: bool = True,
         score_mod=None,
         mask_mod=None,
+        model_path=None,  # `model`'s other name
+        max_model_len: int | None = None,  # vLLM's name of `max_seq_len`
+        gpu_memory_utilization: float | None = None,  # CUDA only: the free memory's fraction for KV pages
     ):
+        model_path = resolve_alias("model", model, "model_path", model_path)
+        max_seq_len = resolve_alias("max_model_len", max_model_len, "max_seq_len", max_seq_len)
         if model_path is None:
             from paged_flex.assets import smollm2_folder
 
             model_path = smollm2_folder()
         self.device = torch.device(device) if device is not None else default_device()
+        self._check_kv_budget(kv_cache_memory, gpu_memory_utilization)
         self.model, self.tokenizer = load_llama(model_path, self.device, dtype)
         if mask_mod is None:  # the checkpoint's own variant (a Mistral's sliding window), unless one is given
             mask_mod = model_mask_mod(model_path)
@@ -408,7 +386,7 @@ class LLMEngine:
         self.page_size = check_page_size(DEFAULT_PAGE_SIZE if page_size is None else page_size)
         per_page = kv_bytes_per_page(self.model, self.page_size, self.dtype)
         if kv_cache_memory is None:
-            kv_cache_memory = self._default_kv_memory()
+            kv_cache_memory = self._default_kv_memory(gpu_memory_utilization)
         num_pages = int(kv_cache_memory // per_page)
         if num_pages < 1:
             raise ValueError(
@@ -438,21 +416,20 @@ class LLMEngine:
         )
         self.scheduler = Scheduler(self.cache, self.scheduler_config)
         self.runner = ModelRunner(self.model, self.cache, backend, cuda_graphs, score_mod, mask_mod)
-        self.sampler = Sampler()
+        self.sampler = Sampler(self.tokenizer)
         self.eos_id = getattr(self.tokenizer, "eos_token_id", None)
         self.vocab_size = self.model.config.src_vocab_size
         self.stats = EngineStats()
         # request id -> its state, until its finished output is returned
         self._requests: dict[Any, _Request] = {}
+        self._sample_of: dict[
+            Sequence, tuple[_Request, int]
+        ] = {}  # each running sequence: whose sample it is
+        self._sampled: dict[
+            Sequence, tuple
+        ] = {}  # this step's tokens and logprobs per sequence, until update
         # ids that ended outside a step (errors at add, aborts): reported next step
         self._finished: list[Any] = []
-
-    def _default_kv_memory(self) -> int:
-        "KV budget: 80% of free GPU memory after the weights; on the CPU, 1 GiB."
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            return int(free * 0.8)
-        return 2**30
 
     def __repr__(self):
         return (
@@ -462,14 +439,32 @@ class LLMEngine:
             f"kv={self.cache.stats().bytes_total / 2**30:.2f} GiB)"
         )
 
+# %% ../nbs/11_engine.ipynb #a408447d
+@patch
+def _check_kv_budget(self: LLMEngine, kv_cache_memory, gpu_memory_utilization) -> None:
+    "A ValueError for a KV budget given twice, a fraction outside (0, 1], or a fraction off CUDA."
+    if gpu_memory_utilization is None:
+        return
+    check_number("gpu_memory_utilization", gpu_memory_utilization, 0, 1, low_open=True)
+    if kv_cache_memory is not None:
+        raise ValueError(
+            f"kv_cache_memory={kv_cache_memory} and gpu_memory_utilization={gpu_memory_utilization} "
+            f"both set the KV budget: give one"
+        )
+    if self.device.type != "cuda":
+        raise ValueError(
+            f"gpu_memory_utilization is a fraction of free CUDA memory; on {self.device} "
+            f"give kv_cache_memory (bytes; 1 GiB by default)"
+        )
 
-@dataclass(eq=False)
-class _Request:
-    "The engine's record of one request: its sequence, prompt text and detokenizer."
 
-    seq: Sequence
-    prompt: str | None
-    detokenizer: IncrementalDetokenizer | None
+@patch
+def _default_kv_memory(self: LLMEngine, gpu_memory_utilization: float | None) -> int:
+    "KV budget: `gpu_memory_utilization` (0.8 if None) of the free GPU memory after the weights; CPU: 1 GiB."
+    if self.device.type != "cuda":
+        return 2**30
+    free, _ = torch.cuda.mem_get_info(self.device)
+    return int(free * (0.8 if gpu_memory_utilization is None else gpu_memory_utilization))
 
 # %% ../nbs/11_engine.ipynb #9306d21f
 @patch
@@ -485,14 +480,39 @@ def _freeing_window(self: LLMEngine, mask_mod, backend: str, score_mod) -> int |
     return window if decode != "flex" else None  # FlexAttention's decode block mask lists freed pages again
 
 # %% ../nbs/11_engine.ipynb #65662a92
+@dataclass(eq=False)
+class _Sample:
+    "One of a request's n samples: its sequence (None until forked), text, logprobs, what DELTA outputs sent."
+
+    seq: Sequence | None
+    detokenizer: IncrementalDetokenizer | None
+    logprobs: list | None  # a dict {token id: Logprob} per generated token, where the request asked
+    cumulative_logprob: float | None
+    num_sent: int = 0  # tokens (and logprobs) already in a DELTA output
+    text_sent: int = 0  # characters already in a DELTA output
+
+    def add_logprobs(self, token: int, entry: dict[int, Logprob]) -> None:
+        self.logprobs.append(entry)
+        self.cumulative_logprob += entry[token].logprob
+
+
+@dataclass(eq=False)
+class _Request:
+    "The engine's record of one request: its prompt text, parameters and samples."
+
+    request_id: Any
+    prompt: str | None  # the text, when the prompt came as text
+    params: SamplingParams
+    samples: list[_Sample]
+    # every sample ended (one not forked yet ended with its first sample, before the first token)
+    finished = property(lambda self: all(s.seq is None or s.seq.is_finished for s in self.samples))
+
+# %% ../nbs/11_engine.ipynb #edc552a0
 @patch
 def add_request(self: LLMEngine, request_id, prompt, sampling_params: SamplingParams | None = None) -> None:
     "Queue a request: `prompt` is text or a list of token ids; `request_id` is the caller's (any hashable)."
-    if request_id in self._requests:
-        raise ValueError(f"request id {request_id!r} is already in use")
     sp = sampling_params if sampling_params is not None else SamplingParams()
-    if not isinstance(sp, SamplingParams):
-        raise ValueError(f"sampling_params must be a SamplingParams, got {type(sp).__name__}")
+    self._check_request(request_id, sp)
     text = prompt if isinstance(prompt, str) else None
     ids = encode_prompts([prompt], self.tokenizer)[0]
     if bad := [t for t in ids if not 0 <= t < self.vocab_size]:
@@ -509,19 +529,53 @@ def add_request(self: LLMEngine, request_id, prompt, sampling_params: SamplingPa
         stop_ids=frozenset(sp.stop_token_ids or ()),
         params=sp,
     )
-    detok = IncrementalDetokenizer(self.tokenizer, ids, sp.stop) if self.tokenizer is not None else None
-    self._requests[request_id] = _Request(seq, text, detok)
-    if self.scheduler.add(seq).is_finished:  # it can never fit: it ends now, with its error
+    self.scheduler.add(seq)
+    detok = lambda: (
+        IncrementalDetokenizer(self.tokenizer, ids, sp.stop) if self.tokenizer is not None else None
+    )
+    asked = sp.logprobs is not None
+    samples = [_Sample(None, detok(), [] if asked else None, 0.0 if asked else None) for _ in range(sp.n)]
+    samples[0].seq = seq
+    self._requests[request_id] = req = _Request(request_id, text, sp, samples)
+    self._sample_of[seq] = (req, 0)
+    if seq.is_finished:  # it can never fit: it ends now, with its error
         self._finished.append(request_id)
 
+# %% ../nbs/11_engine.ipynb #0a5cf0e7
+@patch
+def _check_request(self: LLMEngine, request_id, sp) -> None:
+    "A ValueError unless `sp` is a SamplingParams the engine can run and the ids of the samples are free."
+    if not isinstance(sp, SamplingParams):
+        raise ValueError(f"sampling_params must be a SamplingParams, got {type(sp).__name__}")
+    if request_id in self._requests:
+        raise ValueError(f"request id {request_id!r} is already in use")
+    if taken := [
+        sample_id(request_id, i) for i in range(1, sp.n) if sample_id(request_id, i) in self._requests
+    ]:
+        raise ValueError(
+            f"request {request_id!r} with n={sp.n} needs the ids {taken} for its samples; they are in use"
+        )
+    owner = (
+        self._requests.get(request_id[0]) if isinstance(request_id, tuple) and len(request_id) == 2 else None
+    )
+    if owner is not None and request_id[1] in range(1, owner.params.n):
+        raise ValueError(f"request id {request_id!r} is a sample of request {request_id[0]!r}")
+    if sp.n > 1 and self.scheduler_config.sliding_window is not None:
+        raise ValueError(
+            f"n={sp.n} forks the prompt's pages, but this engine frees pages behind its sliding window of "
+            f"{self.scheduler_config.sliding_window}: use n=1 requests"
+        )
 
+# %% ../nbs/11_engine.ipynb #b141ee0f
 @patch
 def abort_request(self: LLMEngine, request_id) -> None:
     "End a request now (finish_reason 'abort'); its pages are free at once. Unknown or ended ids are ignored."
     req = self._requests.get(request_id)
-    if req is None or req.seq.is_finished:
+    if req is None or req.finished:
         return
-    self.scheduler.abort(req.seq)
+    for s in req.samples:
+        if s.seq is not None:
+            self.scheduler.abort(s.seq)
     self._finished.append(request_id)
 
 
@@ -551,11 +605,11 @@ def reset_stats(self: LLMEngine) -> EngineStats:
 # %% ../nbs/11_engine.ipynb #8b0bf1eb
 @patch
 def step(self: LLMEngine) -> list[RequestOutput]:
-    """One plan: the scheduler picks, the runner runs, the scheduler takes the tokens back.
-    Outputs of requests it moved."""
+    """One plan: the scheduler picks, the runner runs, the sampler samples, the scheduler takes the tokens
+    back. Outputs of requests it moved."""
     done, self._finished = self._finished, []
     if not self.scheduler.has_unfinished():
-        return [self._output(rid) for rid in done]
+        return [out for rid in done if (out := self._output(rid)) is not None]
     st, t0 = self.stats, time.perf_counter()
     plan = self._schedule()
     t1 = time.perf_counter()
@@ -569,14 +623,17 @@ def step(self: LLMEngine) -> list[RequestOutput]:
         else:
             logits = self.runner.run(plan, st.timings)
             t2 = time.perf_counter()
-            tokens = self.sampler.sample(plan, logits)
+            sampled = self.sampler.sample(plan.logit_seqs, logits)
+            self._sampled = dict(zip(plan.logit_seqs, zip(sampled.token_ids, sampled.logprobs)))
+            tokens = [ids[0] for ids in sampled.token_ids]
     # the plan's requests fail (Ctrl-C too), their pages come back, and the error propagates
     except BaseException as e:
         failed = self.scheduler.fail(plan, f"{type(e).__name__}: {e}")
-        self._finished = done + [s.request_id for s in failed]
+        self._finished = done + [self._sample_of[s][0].request_id for s in failed]
         raise
     t3 = time.perf_counter()
     self.scheduler.update(plan, tokens, on_token=self._on_token)
+    self._sampled = {}
     st.timings["schedule"] += t1 - t0
     st.timings["sample"] += t3 - t2
     st.timings["update"] += time.perf_counter() - t3
@@ -584,43 +641,95 @@ def step(self: LLMEngine) -> list[RequestOutput]:
     st.plans += 1
     st.preemptions += len(plan.preempted)
     st.cached_tokens = self.scheduler.num_cached_tokens
-    moved = dict.fromkeys(
-        done + [it.seq.request_id for it in plan.items if it.needs_logits or it.seq.is_finished]
-    )
-    return [self._output(rid) for rid in moved if rid in self._requests]
+    moved = [
+        self._sample_of[it.seq][0].request_id for it in plan.items if it.needs_logits or it.seq.is_finished
+    ]
+    outs = [self._output(rid) for rid in dict.fromkeys(done + moved) if rid in self._requests]
+    return [out for out in outs if out is not None]
 
 
 @patch
 def _schedule(self: LLMEngine) -> StepPlan:
-    "Several greedy decode steps in one plan where every running request is greedy, else one step."
+    "Several decode steps in one plan where every running sequence takes the argmax, else one step."
     k = self.num_scheduler_steps
-    if k >= 2 and all(s.params.temperature == 0 for s in self.scheduler.running):
+    if k >= 2 and all(argmax_only(s) for s in self.scheduler.running):
         plan = self.scheduler.schedule_decode(k)
         if plan is not None:
             return plan
     return self.scheduler.schedule()
 
-
+# %% ../nbs/11_engine.ipynb #ff903234
 @patch
 def _on_token(self: LLMEngine, seq: Sequence) -> str | None:
-    "Detokenize a request's new token; 'stop' when it completes one of its stop strings."
-    detok = self._requests[seq.request_id].detokenizer
+    "File a sample's new token (logprobs, the other samples at a first token, text); 'stop' at a stop string."
+    req, i = self._sample_of[seq]
+    tokens, logprobs = self._sampled.pop(seq, ((), None))
+    if logprobs is not None:
+        req.samples[i].add_logprobs(seq.token_ids[-1], logprobs[0])
+    if len(tokens) > 1:
+        self._fork(req, seq, tokens[1:], logprobs)
+    detok = req.samples[i].detokenizer
     return detok.add(seq.token_ids[-1]) if detok is not None else None
 
 
 @patch
-def _output(self: LLMEngine, request_id) -> RequestOutput:
-    "The request's output so far; a finished request's is its last, and the engine forgets it."
+def _fork(self: LLMEngine, req: _Request, seq: Sequence, first_tokens: list[int], logprobs) -> None:
+    "Start samples 1.. of `req` from `seq` after its first token, on its pages (copy-on-write)."
+    for j, child in enumerate(self.scheduler.fork(seq, len(first_tokens) + 1, first_tokens), 1):
+        sample, token = req.samples[j], first_tokens[j - 1]
+        sample.seq = child
+        self._sample_of[child] = (req, j)
+        if logprobs is not None:
+            sample.add_logprobs(token, logprobs[j])
+        stopped = sample.detokenizer is not None and sample.detokenizer.add(token) == "stop"
+        if stopped and not child.is_finished:
+            self.scheduler.abort(child)
+            child.finish_reason = "stop"
+
+# %% ../nbs/11_engine.ipynb #8d37eab5
+@patch
+def _output(self: LLMEngine, request_id) -> RequestOutput | None:
+    """The request's output as its `output_kind` asks (None: nothing to report yet);
+    a finished request's is its last, and the engine forgets it."""
     req = self._requests[request_id]
-    seq = req.seq
-    if seq.is_finished:
+    finished, kind = req.finished, req.params.output_kind
+    if kind is RequestOutputKind.FINAL_ONLY and not finished:
+        return None
+    if finished:
         del self._requests[request_id]
-        self.sampler.release(request_id)
-    text = req.detokenizer.text if req.detokenizer is not None else ""
-    out = CompletionOutput(0, text, seq.generated, seq.finish_reason)
-    return RequestOutput(
-        request_id, req.prompt, seq.prompt, [out], seq.is_finished, seq.num_cached_tokens, seq.error
+        for s in req.samples:
+            if s.seq is not None:
+                del self._sample_of[s.seq]
+                self.sampler.release(s.seq.request_id)
+    outs = [self._completion(req, i, kind is RequestOutputKind.DELTA) for i in range(len(req.samples))]
+    first = req.samples[0].seq
+    error = next((s.seq.error for s in req.samples if s.seq is not None and s.seq.error), None)
+    return RequestOutput(request_id, req.prompt, first.prompt, outs, finished, first.num_cached_tokens, error)
+
+
+@patch
+def _completion(self: LLMEngine, req: _Request, index: int, delta: bool) -> CompletionOutput:
+    "Sample `index` of `req`: all of it, or (`delta`) what is new since its last output."
+    s, first = req.samples[index], req.samples[0].seq
+    if s.seq is None:  # not forked yet, or its request ended before its first token
+        reason = first.finish_reason if first.is_finished else None
+        return CompletionOutput(
+            index, "", [], reason, [] if s.logprobs is not None else None, s.cumulative_logprob
+        )
+    seq, since = s.seq, s.num_sent if delta else 0
+    text = s.detokenizer.text if s.detokenizer is not None else ""
+    logprobs = s.logprobs[since:] if s.logprobs is not None else None
+    out = CompletionOutput(
+        index,
+        text[s.text_sent if delta else 0 :],
+        seq.token_ids[len(seq.prompt) + since :],
+        seq.finish_reason,
+        logprobs,
+        s.cumulative_logprob,
     )
+    if delta:
+        s.num_sent, s.text_sent = seq.num_generated, len(text)
+    return out
 
 # %% ../nbs/11_engine.ipynb #95483aa5
 class LLM:
@@ -628,10 +737,13 @@ class LLM:
     a thread-safe client of its `LLMEngine`."""
 
     @delegates(LLMEngine.__init__)
-    def __init__(self, model_path=None, **kwargs):
-        self.llm_engine = LLMEngine(model_path, **kwargs)
+    def __init__(self, model=None, **kwargs):
+        self.llm_engine = LLMEngine(model, **kwargs)
         self._lock = threading.Lock()  # one thread steps the engine at a time; every step serves all callers
-        self._latest: dict[Any, RequestOutput] = {}  # request id of an LLM call -> its newest output
+        self._outputs: dict[
+            Any, list[RequestOutput]
+        ] = {}  # request id of an LLM call -> outputs not yet taken
+        self._ended: set = set()  # request ids of LLM calls whose final output came
         self._ids = count()
 
     model = property(lambda self: self.llm_engine.model)
@@ -643,6 +755,7 @@ class LLM:
     stats = property(lambda self: self.llm_engine.stats, doc="The engine's counters (`EngineStats`).")
 
     def get_tokenizer(self):
+        "The model's tokenizer (vLLM's name), or None for a folder without one."
         return self.llm_engine.tokenizer
 
     def reset_prefix_cache(self) -> int:
@@ -655,8 +768,8 @@ class LLM:
 
 # %% ../nbs/11_engine.ipynb #ba795a9e
 @patch
-def _submit(self: LLM, prompts, sampling_params) -> list[str]:
-    "Add the prompts as new requests (all or none); their ids, in prompt order."
+def _pairs(self: LLM, prompts, sampling_params) -> list[tuple[Any, SamplingParams | None]]:
+    "Each prompt (text or token ids) with its SamplingParams: one for all, or a list of one per prompt."
     if isinstance(prompts, (str, torch.Tensor)) or (prompts and isinstance(prompts[0], int)):
         prompts = [prompts]
     prompts = list(prompts)
@@ -665,37 +778,57 @@ def _submit(self: LLM, prompts, sampling_params) -> list[str]:
     params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
     if len(params) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(params)} SamplingParams")
+    return list(zip(prompts, params))
+
+
+@patch
+def _submit(self: LLM, pairs, output_kind: RequestOutputKind) -> list[str]:
+    "Add (prompt, params) pairs as requests with outputs of `output_kind` (all or none); their ids, in order."
     ids = []
     with self._lock:
         try:
-            for p, sp in zip(prompts, params):
+            for p, sp in pairs:
+                sp = SamplingParams() if sp is None else sp
+                if isinstance(sp, SamplingParams):  # the engine names anything else
+                    sp = dataclasses.replace(sp, output_kind=output_kind)
                 ids.append(str(next(self._ids)))
                 self.llm_engine.add_request(ids[-1], p, sp)
-                self._latest[ids[-1]] = None
+                self._outputs[ids[-1]] = []
         except Exception:
             self._drop(ids)
             raise
     return ids
 
-
+# %% ../nbs/11_engine.ipynb #64dd109f
 @patch
 def _drop(self: LLM, ids) -> None:
     "Abort the requests of `ids` still running and forget their outputs (the lock is held)."
     for rid in ids:
         self.llm_engine.abort_request(rid)
-        self._latest.pop(rid, None)
+        self._outputs.pop(rid, None)
+        self._ended.discard(rid)
 
 
 @patch
 def _advance(self: LLM, ids) -> bool:
-    "Step the engine once unless every request of `ids` is finished; True while one of them runs."
+    "Step the engine once unless every request of `ids` has ended; True while one of them runs."
     with self._lock:
-        if all(self._latest[r] is not None and self._latest[r].finished for r in ids):
+        if all(r in self._ended for r in ids):
             return False
         for out in self.llm_engine.step():
-            if out.request_id in self._latest:  # requests of calls that are still waiting for them
-                self._latest[out.request_id] = out
+            if out.request_id in self._outputs:  # requests of calls that are still waiting for them
+                self._outputs[out.request_id].append(out)
+                if out.finished:
+                    self._ended.add(out.request_id)
         return True
+
+
+@patch
+def _take(self: LLM, request_id) -> list[RequestOutput]:
+    "The outputs of `request_id` that came since the last take."
+    with self._lock:
+        outs, self._outputs[request_id] = self._outputs[request_id], []
+    return outs
 
 # %% ../nbs/11_engine.ipynb #11d56d64
 @patch
@@ -707,35 +840,85 @@ def generate(
 ) -> list[RequestOutput]:
     """Generate for each prompt (text or token-id lists); outputs in prompt order.
     Safe to call from several threads."""
-    ids = self._submit(prompts, sampling_params)
+    ids = self._submit(self._pairs(prompts, sampling_params), RequestOutputKind.FINAL_ONLY)
     try:
         with tqdm(total=len(ids), desc="requests", disable=not use_tqdm or len(ids) < 2) as bar:
             while self._advance(ids):
-                bar.update(sum(self._latest[r] is not None and self._latest[r].finished for r in ids) - bar.n)
+                bar.update(sum(r in self._ended for r in ids) - bar.n)
         with self._lock:
-            return [self._latest.pop(r) for r in ids]
+            return [self._outputs[r][-1] for r in ids]
     finally:
         with self._lock:
-            self._drop([r for r in ids if r in self._latest])
+            self._drop(ids)
+
+
+@patch
+def chat(
+    self: LLM,
+    messages,
+    sampling_params: SamplingParams | list[SamplingParams] | None = None,
+    use_tqdm: bool = True,
+) -> list[RequestOutput]:
+    "Reply to a conversation (a list of {'role', 'content'} dicts) or to each of a list of them."
+    tok = self.tokenizer
+    if tok is None or not getattr(tok, "chat_template", None):
+        raise ValueError(f"chat needs a tokenizer with a chat template; this {type(tok).__name__} has none")
+    if not messages:
+        raise ValueError("messages must be a conversation (a list of message dicts) or a list of them")
+    conversations = [messages] if isinstance(messages[0], dict) else list(messages)
+    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    # the template writes the special tokens (BOS too): the tokenizer must not add them again
+    outs = self.generate(
+        [tok(t, add_special_tokens=False)["input_ids"] for t in texts], sampling_params, use_tqdm
+    )
+    for out, text in zip(outs, texts):
+        out.prompt = text
+    return outs
+
+# %% ../nbs/11_engine.ipynb #8de2da65
+class StreamOutput(NamedTuple):
+    "One token of `LLM.stream`."
+
+    index: int  # the prompt's
+    token_id: int
+    text: str  # what the token adds to the sample's text
+    sample: int = 0  # which of the prompt's n samples
+
+
+def token_text(detokenizer: IncrementalDetokenizer | None, token: int) -> str:
+    "The text `token` adds to `detokenizer`'s ('' without one)."
+    if detokenizer is None:
+        return ""
+    before = len(detokenizer.text)
+    detokenizer.add(token)
+    return detokenizer.text[before:]
 
 
 @patch
 def stream(
     self: LLM, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None
-) -> Iterator[tuple[int, int]]:
-    "Yield `(prompt index, token id)` as tokens are generated; closing the stream aborts its requests."
-    ids = self._submit(prompts, sampling_params)
-    sent = [0] * len(ids)
+) -> Iterator[StreamOutput]:
+    "Yield a `StreamOutput` per token as tokens are generated; closing the stream aborts its requests."
+    pairs = self._pairs(prompts, sampling_params)
+    ids = self._submit(pairs, RequestOutputKind.DELTA)
+    detoks = {}  # (prompt index, sample) -> its detokenizer
     try:
         running = True
         while running:
             running = self._advance(ids)
             for i, rid in enumerate(ids):
-                out = self._latest[rid]
-                new = out.outputs[0].token_ids[sent[i] :] if out is not None else []
-                sent[i] += len(new)
-                for t in new:
-                    yield i, t
+                for out in self._take(rid):
+                    for c in out.outputs:
+                        if (i, c.index) not in detoks:
+                            stop = pairs[i][1].stop if pairs[i][1] is not None else None
+                            tok = self.tokenizer
+                            detoks[i, c.index] = (
+                                IncrementalDetokenizer(tok, out.prompt_token_ids, stop)
+                                if tok is not None
+                                else None
+                            )
+                        for t in c.token_ids:
+                            yield StreamOutput(i, t, token_text(detoks[i, c.index], t), c.index)
     finally:
         with self._lock:
             self._drop(ids)
