@@ -426,10 +426,12 @@ def _gather(self: MultiprocExecutor, call_id: int, timeout: float, what: str) ->
         ready = wait(waits, max(0.0, deadline - time.monotonic()))
         if not ready:
             late = "after rank errors" if errors else f"within {timeout:g} s"
-            self._abort(f"tensor-parallel ranks {sorted(pending)} did not answer {what} {late}", errors)
+            self._abort(f"tensor-parallel ranks {sorted(pending)} did not answer {what} {late}", errors, what)
         for r in sorted(pending):
-            if self._conns[r] in ready or self._procs[r].sentinel in ready:
+            if self._conns[r] in ready:  # an answer, or the end of the pipe
                 self._take(r, call_id, what, pending, answers, errors)
+            elif self._procs[r].sentinel in ready:
+                self._dead(r, what, errors)
         if errors and pending:
             deadline = min(deadline, time.monotonic() + ERROR_GRACE_S)
     if errors:
@@ -445,10 +447,7 @@ def _take(
     try:
         got, ok, value = pickle.loads(self._conns[r].recv_bytes())
     except (EOFError, OSError):  # the pipe closed: the process ended
-        self._procs[r].join(5)
-        self._abort(
-            f"tensor-parallel rank {r} exited (exit code {self._procs[r].exitcode}) during {what}", errors
-        )
+        self._dead(r, what, errors)
     if got != call_id:  # the answer to a call the caller stopped waiting for
         return
     pending.discard(r)
@@ -456,6 +455,15 @@ def _take(
         answers[r] = value
     else:
         errors[r] = value
+
+
+@patch
+def _dead(self: MultiprocExecutor, r: int, what: str, errors: dict):
+    "Rank `r`'s process ended: stop the others too (they may wait for it in a collective) and raise."
+    self._procs[r].join(5)
+    self._abort(
+        f"tensor-parallel rank {r} exited (exit code {self._procs[r].exitcode}) in {what}", errors, what
+    )
 
 
 def _describe(errors: dict, what: str) -> str:
@@ -467,12 +475,12 @@ def _describe(errors: dict, what: str) -> str:
 
 # %% ../nbs/16_tensor_parallel.ipynb #4c2afd4e
 @patch
-def _abort(self: MultiprocExecutor, message: str, errors: dict):
-    "Stop every rank and close the executor; raise a RuntimeError with `message` and the ranks' errors."
+def _abort(self: MultiprocExecutor, message: str, errors: dict, what: str):
+    "Stop every rank, close the executor; raise a RuntimeError of `message` and the ranks' errors in `what`."
     for p in self._procs:
         if p.is_alive():
             p.kill()  # it may be waiting in a collective that cannot complete
-    self._error = message + ("\n" + _describe(errors, "this call") if errors else "")
+    self._error = message + ("\n" + _describe(errors, what) if errors else "")
     self.close()
     raise RuntimeError(f"{self._error}\n(the tensor-parallel workers were stopped)")
 
@@ -518,11 +526,11 @@ def collective_rpc(
         for conn in self._conns:
             conn.send_bytes(message)
     except BaseException as e:  # some ranks have the call, some do not: they would wait for each other
-        self._abort(f"sending {method!r} to the ranks failed ({type(e).__name__}: {e})", {})
+        self._abort(f"sending {method!r} to the ranks failed ({type(e).__name__}: {e})", {}, "sending")
     name = method if isinstance(method, str) else getattr(method, "__name__", repr(method))
     return self._gather(self._calls, self.timeout if timeout is None else timeout, name)
 
-# %% ../nbs/16_tensor_parallel.ipynb #952a15a2
+# %% ../nbs/16_tensor_parallel.ipynb #4f8daf63
 @patch
 def run(self: MultiprocExecutor, plan: StepPlan, timings: dict | None = None) -> torch.Tensor:  # [L, vocab]
     "`ModelRunner.run` on every rank: logits of the rows that sample, from rank 0, on the host."
