@@ -34,7 +34,7 @@ from paged_flex.sampling import (
     RequestOutputKind,
     Logprob,
     Sampler,
-    argmax_only,
+    device_sampled,
     check_number,
     sample_id,
 )
@@ -168,9 +168,12 @@ def _record(timings: dict | None, device: torch.device, metadata: float, model_s
 # %% ../nbs/11_engine.ipynb #0a030d85
 @patch
 # [k, L]
-def run_decode_steps(self: ModelRunner, plan: StepPlan, timings: dict | None = None) -> torch.Tensor:
-    """Greedy tokens of the plan's `num_steps` decode steps, each fed the argmax of the one before;
-    no host sync between."""
+def run_decode_steps(
+    self: ModelRunner, plan: StepPlan, timings: dict | None = None, choose=None
+) -> torch.Tensor:
+    """Tokens of the plan's `num_steps` decode steps, each fed the token the one before chose with
+    `choose(logits [B, vocab]) -> [B]` (default: argmax); no host sync between."""
+    choose = choose or (lambda logits: logits.argmax(-1))
     B, k, dev = plan.num_tokens, plan.num_steps, self.cache.device
     out = torch.empty(k, B, dtype=torch.long, device=dev)
     t0 = time.perf_counter()
@@ -180,14 +183,14 @@ def run_decode_steps(self: ModelRunner, plan: StepPlan, timings: dict | None = N
         self.load_graph(g, plan)
         for i in range(k):
             g.graph.replay()
-            torch.argmax(g.logits[:B], -1, out=out[i])
+            out[i] = choose(g.logits[:B])
             g.tokens[:B].copy_(out[i])
             g.positions[:B].add_(1)  # padding rows stay on the scratch page
     else:
         tokens = plan.token_ids.to(dev)
         for i in range(k):
             step = paged_step(self.cache, plan.seq_ids, plan.positions + i, self.backend, False, **self.mods)
-            out[i] = tokens = paged_forward(self.model, tokens, step, last_n_tokens=B).argmax(-1)
+            out[i] = tokens = choose(paged_forward(self.model, tokens, step, last_n_tokens=B))
     _record(timings, dev, metadata=t1 - t0, model_since=t1)
     return out
 
@@ -617,7 +620,8 @@ def step(self: LLMEngine) -> list[RequestOutput]:
     st.peak_running = max(st.peak_running, len(self.scheduler.running))
     try:
         if plan.num_steps > 1:
-            out = self.runner.run_decode_steps(plan, st.timings)
+            choose = lambda logits: self.sampler.next_tokens(plan.logit_seqs, logits)
+            out = self.runner.run_decode_steps(plan, st.timings, choose)
             t2 = time.perf_counter()
             tokens = out.tolist()
         else:
@@ -650,9 +654,9 @@ def step(self: LLMEngine) -> list[RequestOutput]:
 
 @patch
 def _schedule(self: LLMEngine) -> StepPlan:
-    "Several decode steps in one plan where every running sequence takes the argmax, else one step."
+    "Several decode steps in one plan where every running sequence's tokens are chosen on the device."
     k = self.num_scheduler_steps
-    if k >= 2 and all(argmax_only(s) for s in self.scheduler.running):
+    if k >= 2 and all(device_sampled(s) for s in self.scheduler.running):
         plan = self.scheduler.schedule_decode(k)
         if plan is not None:
             return plan

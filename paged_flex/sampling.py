@@ -17,7 +17,7 @@ from .fms import check_sampling
 # %% auto #0
 __all__ = ['RequestOutputKind', 'check_number', 'check_count', 'SamplingParams', 'Logprob', 'token_counts', 'apply_penalties',
            'hold_back', 'apply_min_p', 'apply_top_k_top_p', 'sample_rows', 'sample_id', 'SamplerOutput', 'Sampler',
-           'held_ids', 'argmax_only']
+           'held_ids', 'device_sampled']
 
 # %% ../nbs/11a_sampling.ipynb #f573866d
 class RequestOutputKind(Enum):
@@ -301,12 +301,23 @@ def sample(self: Sampler, seqs: list, logits: torch.Tensor) -> SamplerOutput:
     return SamplerOutput([flat[a:b] for a, b in spans], [lps[a:b] if lps[a] else None for a, b in spans])
 
 # %% ../nbs/11a_sampling.ipynb #b3f63c7c
-def argmax_only(seq) -> bool:
-    "Is `seq`'s next token the argmax of its raw logits? Greedy, no penalty, no logprobs, min_tokens reached."
+def device_sampled(seq) -> bool:
+    "Can `seq`'s next tokens be chosen on the device, step after step? No penalty, logprobs or held tokens."
     p = seq.params
     return (
-        p.temperature == 0
-        and not p.has_penalties
+        not p.has_penalties
         and p.logprobs is None
         and seq.num_generated >= p.min_tokens
+        and (p.n == 1 or seq.num_generated > 0)
     )
+
+
+@patch
+def next_tokens(self: Sampler, seqs: list, logits: torch.Tensor) -> torch.Tensor:  # [B] on the device
+    "Tokens of `device_sampled` rows `seqs` from `logits` [B, vocab], no host sync: argmax, or drawn."
+    tokens = logits.argmax(-1)
+    drawn = [r for r, s in enumerate(seqs) if s.params.temperature > 0]
+    if drawn:
+        idx = torch.tensor(drawn, device=logits.device)
+        tokens = tokens.index_copy(0, idx, self.draw(logits[idx].float(), [(seqs[r], 0) for r in drawn]))
+    return tokens
