@@ -65,9 +65,8 @@ def kv_heads_of_rank(num_kv_heads: int, world_size: int, rank: int) -> list[int]
     per_rank = num_kv_heads // world_size
     if per_rank:
         return list(range(rank * per_rank, (rank + 1) * per_rank))
-    return [
-        rank * num_kv_heads // world_size
-    ]  # replicated: ranks 2k and 2k + 1 of 4 over 2 heads hold head k
+    # replicated: of 4 ranks over 2 KV heads, ranks 0 and 1 hold head 0, ranks 2 and 3 head 1
+    return [rank * num_kv_heads // world_size]
 
 # %% ../nbs/16_tensor_parallel.ipynb #33d8d8bb
 def load_shard(folder, group, dtype: torch.dtype) -> nn.Module:
@@ -125,6 +124,7 @@ class ShardedKVCache(PagedKVCache):
             num_layers, num_kv_heads, head_dim, num_pages, page_size, dtype, "meta", max_seqs, max_seq_len
         )
         self.device = device  # where the ranks' K and V live: the backends are chosen for it
+        # the scheduler's tables, on the host (the ones on the meta device could not be read)
         self.block_tables = BlockTables(max_seqs, self.block_tables.max_pages_per_seq, num_pages, "cpu")
         self.blocks_to_copy: list[tuple[int, int]] = []  # (source, destination) pages since the last take
         self._sent_table = self.block_table.clone()  # [max_seqs, max_pages_per_seq] what the ranks hold
@@ -262,11 +262,14 @@ class Worker:
             timeout=timeout,
         )
         self.model = RankModel(load_shard(config.model_path, dist.group.WORLD, config.dtype).to(device))
-        c = config
-        self.cache = paged_cache_for(self.model, c.num_pages, c.page_size, c.max_seqs, c.max_seq_len)
-        mask_mod = model_mask_mod(c.model_path)  # the checkpoint's own window, the same for every head
-        self.runner = ModelRunner(self.model, self.cache, c.backend, c.cuda_graphs, mask_mod=mask_mod)
-        self.runner.scratch_page = c.scratch_page
+        self.cache = paged_cache_for(
+            self.model, config.num_pages, config.page_size, config.max_seqs, config.max_seq_len
+        )  # [layers, num_pages, page_size, KV/N, D]
+        mask_mod = model_mask_mod(config.model_path)  # the checkpoint's own window, the same for every head
+        self.runner = ModelRunner(
+            self.model, self.cache, config.backend, config.cuda_graphs, mask_mod=mask_mod
+        )
+        self.runner.scratch_page = config.scratch_page
 
 # %% ../nbs/16_tensor_parallel.ipynb #65fabee5
 @patch
@@ -305,7 +308,7 @@ def _call(worker: Worker, method, args: tuple, kwargs: dict):
 def worker_main(config: RankConfig, rank: int, conn) -> None:
     "A rank's process: start its `Worker` (call 0), answer calls until told to stop or the caller is gone."
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
-    workers = []
+    workers = []  # the Worker, once it started: the call that starts it fills this list
     if _reply(conn, 0, lambda: workers.append(Worker(config, rank))):
         while True:
             try:
@@ -347,19 +350,19 @@ class MultiprocExecutor:
         self.cache, self.world_size, self.timeout = cache, tensor_parallel_size, execute_model_timeout
         self._store = tempfile.mkdtemp(prefix="paged_flex_tp_")
         config = RankConfig(
-            str(model_path),
-            tensor_parallel_size,
-            cache.device.type,
-            cache.dtype,
-            cache.num_pages,
-            cache.page_size,
-            cache.max_seqs,
-            cache.max_seq_len,
-            backend,
-            cuda_graphs,
-            self._scratch_page(cuda_graphs),
-            f"file://{self._store}/store",
-            execute_model_timeout,
+            model_path=str(model_path),
+            world_size=tensor_parallel_size,
+            device=cache.device.type,
+            dtype=cache.dtype,
+            num_pages=cache.num_pages,
+            page_size=cache.page_size,
+            max_seqs=cache.max_seqs,
+            max_seq_len=cache.max_seq_len,
+            backend=backend,
+            cuda_graphs=cuda_graphs,
+            scratch_page=self._scratch_page(cuda_graphs),
+            init_method=f"file://{self._store}/store",
+            timeout_s=execute_model_timeout,
         )
         self._start(config)
         self._gather(0, startup_timeout, "startup")
@@ -516,26 +519,47 @@ def collective_rpc(
 ) -> list:
     """Call `method` on every rank's `Worker` (a name, or a picklable `method(worker, *args, **kwargs)`);
     every rank's result, in rank order (vLLM's name)."""
+    self._check_open()
+    message = pickle.dumps(
+        (self._calls + 1, method, tuple(args), kwargs or {})
+    )  # an unpicklable one fails here
+    name = method if isinstance(method, str) else getattr(method, "__name__", repr(method))
+    self._send(message, name)
+    return self._gather(self._calls, self.timeout if timeout is None else timeout, name)
+
+
+@patch
+def _check_open(self: MultiprocExecutor) -> None:
     if self.is_closed:
         raise RuntimeError(
             f"the tensor-parallel workers are stopped{': ' + self._error if self._error else ''}"
         )
+
+
+@patch
+def _send(self: MultiprocExecutor, message: bytes, what: str) -> None:
+    "Send the next call to every rank; failing midway (Ctrl-C too) leaves ranks waiting for others: stop all."
     self._calls += 1
-    message = pickle.dumps((self._calls, method, tuple(args), kwargs or {}))
     try:
         for conn in self._conns:
             conn.send_bytes(message)
-    except BaseException as e:  # some ranks have the call, some do not: they would wait for each other
-        self._abort(f"sending {method!r} to the ranks failed ({type(e).__name__}: {e})", {}, "sending")
-    name = method if isinstance(method, str) else getattr(method, "__name__", repr(method))
-    return self._gather(self._calls, self.timeout if timeout is None else timeout, name)
+    except BaseException as e:
+        self._abort(f"sending {what} to the ranks failed ({type(e).__name__}: {e})", {}, what)
 
 # %% ../nbs/16_tensor_parallel.ipynb #4f8daf63
 @patch
 def run(self: MultiprocExecutor, plan: StepPlan, timings: dict | None = None) -> torch.Tensor:  # [L, vocab]
     "`ModelRunner.run` on every rank: logits of the rows that sample, from rank 0, on the host."
     t0 = time.perf_counter()
-    out = self.collective_rpc("execute_model", args=(execute_model_request(plan, self.cache),))[0]
+    self._check_open()
+    try:  # from here the ranks are taken to hold the tables' changes: they must reach every rank
+        message = pickle.dumps(
+            (self._calls + 1, "execute_model", (execute_model_request(plan, self.cache),), {})
+        )
+    except BaseException as e:
+        self._abort(f"the block tables' changes were taken but not sent ({type(e).__name__}: {e})", {}, "run")
+    self._send(message, "execute_model")
+    out = self._gather(self._calls, self.timeout, "execute_model")[0]
     if timings is not None:
         timings["model"] += time.perf_counter() - t0
     return out
