@@ -16,11 +16,14 @@
     python tools/build_docs.py [--force]       # then open _site/index.html
 """
 
-import argparse, configparser, html, json, os, posixpath, re, shutil, subprocess, sys, time
+import argparse, configparser, copy, html, json, os, posixpath, re, shutil, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "reference.html"
+SEARCH = "search.html"
+SOURCES = "src"  # source pages: src/paged_flex/engine.py.html#L12
+SEARCH_TEXT = 600  # characters of a section's prose in the search index
 
 # ---------------------------------------------------------------- settings and notebooks
 
@@ -180,11 +183,86 @@ def _false(v):
     return str(v).lower() in ("false", "no", "0")
 
 
-def prepare(nb):
+# ---------------------------------------------------------------- stored outputs as a page shows them
+
+
+def machine_paths(root):
+    """(pattern, replacement) pairs that turn the paths of the machine a notebook ran on into portable ones:
+    `<venv>/lib/python3.11/site-packages/x` -> `site-packages/x`, `<a clone>/nbs/x` -> `nbs/x`, a home -> `~`,
+    a temporary file -> `<tmp>`. URLs are left alone."""
+    start, seg = r"(?<![\w/.:~-])", r"(?:/[^\s'\"/:]+)+"
+    here = re.escape(str(Path(root).resolve()))
+    return [
+        (re.compile(start + seg + r"/site-packages/"), "site-packages/"),
+        (re.compile(start + here + "/"), ""),
+        (re.compile(start + here + r"\b"), "."),
+        (re.compile(start + seg + r"/(?=nbs/|tests/|tools/|paged_flex/\w+\.py)"), ""),
+        (re.compile(start + r"/(?:tmp|var/folders/[^\s'\"/]+/[^\s'\"/]+/T)/[^\s'\"/:]+"), "<tmp>"),
+        (re.compile(start + r"/(?:root|home/[^\s'\"/:]+|Users/[^\s'\"/:]+)(?=[/\s'\":]|$)"), "~"),
+    ]
+
+
+def scrub(text, subs):
+    "`text` with the build machine's paths replaced (`machine_paths`)."
+    for pattern, replacement in subs:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def shown_outputs(outputs, subs):
+    """The outputs a static page shows, their paths scrubbed: no stderr (warnings, progress bars) and no
+    widgets (a progress bar drawn by JavaScript the page does not run: an empty panel)."""
+    kept = []
+    for o in outputs:
+        if o.get("output_type") == "stream":
+            if o.get("name") == "stderr":
+                continue
+            o["text"] = scrub(o["text"], subs)
+        data = o.get("data", {})
+        if any(k.startswith("application/vnd.jupyter.widget") for k in data):
+            continue
+        for mime in ("text/plain", "text/markdown", "text/html"):
+            if mime in data:
+                data[mime] = scrub(data[mime], subs)
+        kept.append(o)
+    return kept
+
+
+_heading_line = re.compile(r"^(#{1,6} +)(.+)$", re.M)
+_source_link = re.compile(r"\[source\]\((\S+?)#L(\d+)\)")
+
+
+def _source_line(cell):
+    "(file URL, line) of a show_doc cell's `[source](...#L12)` link, or None."
+    for o in cell.get("outputs", []):
+        m = _source_link.search(o.get("data", {}).get("text/markdown", ""))
+        if m:
+            return m.group(1), int(m.group(2))
+    return None
+
+
+def in_source_order(cells, is_doc):
+    """Runs of adjacent show_doc cells for one file, sorted by source line: nbdev adds the show_docs of an
+    exported cell that defines several functions in reverse order."""
+    out, run = [], []
+    for cell in cells + [None]:
+        if cell is not None and is_doc(cell) and _source_line(cell):
+            run.append(cell)
+            continue
+        if len({_source_line(c)[0] for c in run}) == 1:
+            run.sort(key=lambda c: _source_line(c)[1])
+        out += run
+        run = []
+        if cell is not None:
+            out.append(cell)
+    return out
+
+
+def prepare(nb, subs=()):
     "Notebook cells as nbconvert should show them; returns (cells, front matter, ids of show_doc cells)."
     import nbformat
 
-    cells, meta, api_ids = [], {}, []
+    cells, meta, docs = [], {}, set()
     for i, cell in enumerate(nb.cells):
         cell = nbformat.from_dict(dict(cell))
         cell.id = f"c{i}"
@@ -215,21 +293,25 @@ def prepare(nb):
         cell.source = code
         if _false(opts.get("echo", "")) or not code.strip():
             cell.metadata.setdefault("transient", {})["remove_source"] = True
-        if _false(opts.get("output", "")):
-            cell.outputs = []
-        for o in cell.get("outputs", []):
+        cell.outputs = [] if _false(opts.get("output", "")) else shown_outputs(cell.get("outputs", []), subs)
+        for o in cell.outputs:
             if "text/markdown" in o.get("data", {}):
                 o.data["text/markdown"] = clean_quarto(o.data["text/markdown"])
-        if not code.strip() and not cell.get("outputs"):
+                if re.match(r"\s*show_doc\(", code):  # `### Scheduler.__repr__` is a name, not bold `repr`
+                    o.data["text/markdown"] = _heading_line.sub(
+                        lambda m: m[1] + m[2].replace("_", r"\_"), o.data["text/markdown"]
+                    )
+        if not code.strip() and not cell.outputs:
             continue
         if re.match(r"\s*show_doc\(", code):
-            api_ids.append(cell.id)
+            docs.add(cell.id)
         cells.append(cell)
         cap = opts.get("fig-cap") or opts.get("tbl-cap")
         if cap:
             cells.append(nbformat.v4.new_markdown_cell(f'<p class="caption">{html.escape(cap)}</p>'))
             cells[-1].id = f"c{i}-caption"
-    return cells, meta, api_ids
+    cells = in_source_order(cells, lambda c: c.id in docs)
+    return cells, meta, [c.id for c in cells if c.id in docs]
 
 
 # ---------------------------------------------------------------- HTML post-processing
@@ -265,9 +347,13 @@ class Site:
         self.root, self.out = Path(root), Path(out)
         self.cfg = settings(root)
         self.nbs = self.root / self.cfg["nbs_path"]
-        # dicts: rel (nb path under nbs), out (page path under _site), title, description, body, api
+        # dicts: rel (nb path under nbs), out (page path under _site), title, description, body, api, toc
         self.pages = []
         self.copied = set()
+        self.sources = set()  # repository files that source links point at, shown under src/
+        self.search = []  # search index entries: page title, heading, url, text, kind
+        self.extra = []  # pages outside the sidebar: search.html and the source pages
+        self._ids = None  # page -> the ids in its body, once every page is rendered
 
     def page_of_nb(self, nb_rel):
         return next((p for p in self.pages if p["rel"] == nb_rel), None)
@@ -285,21 +371,33 @@ class Site:
             self.copied.add(rel)
         return rel.as_posix()
 
+    def _source_page(self, url):
+        "`src/<path>.html#L<n>` for a link into this repository's sources (nbdev's `[source]`), else None."
+        m = re.match(re.escape(self.cfg.get("git_url", "").rstrip("/")) + r"/blob/[^/]+/([^#?]+)(#.*)?$", url)
+        if not self.cfg.get("git_url") or not m or not (self.root / m.group(1)).is_file():
+            return None
+        self.sources.add(m.group(1))
+        return f"{SOURCES}/{m.group(1)}.html{m.group(2) or ''}"
+
     def _rewrite_url(self, url, page):
         "Relative URL (from `page`) for `url` written in the notebook, or `url` when it is not ours."
         site = self.cfg["site_url"]
+        here = posixpath.dirname(page["out"]) or "."
         if site and url.startswith(site + "/"):
             target = url[len(site) + 1 :] or "index.html"
             path, _, frag = target.partition("#")
-            return posixpath.relpath(path or "index.html", posixpath.dirname(page["out"]) or ".") + (
-                f"#{frag}" if frag else ""
-            )
+            return posixpath.relpath(path or "index.html", here) + (f"#{frag}" if frag else "")
+        source = self._source_page(url)
+        if source:
+            path, _, frag = source.partition("#")
+            return posixpath.relpath(path, here) + (f"#{frag}" if frag else "")
         if _is_external(url) or url.startswith(("#", "/")) or not url:
             return url
         path, _, frag = url.partition("#")
         path = path.split("?")[0]
         src = (self.nbs / page["rel"]).parent / path
-        here = posixpath.dirname(page["out"]) or "."
+        if not src.exists() and (self.root / path).exists():  # written for the README, from the repo root
+            src = self.root / path
         if path.endswith((".ipynb", ".qmd", ".md")):
             try:
                 nb_rel = src.resolve().relative_to(self.nbs.resolve())
@@ -316,12 +414,33 @@ class Site:
             return posixpath.relpath(self._copy_asset(src), here) + (f"#{frag}" if frag else "")
         return url
 
+    def fix_fragments(self, page):
+        """The page's body with links to a missing anchor of another page sent to the nearest one there:
+        nbdev links `ModelRunner.run` to `#modelrunner.run` even when only `ModelRunner` has an entry."""
+        here = posixpath.dirname(page["out"])
+        ids = self._ids or {p["out"]: _ids_of(p["body"]) for p in self.pages}
+        self._ids = ids
+
+        def fix(m):
+            path, frag = m[1], html.unescape(m[2])
+            target = posixpath.normpath(posixpath.join(here, path)) if path else page["out"]
+            if target not in ids or frag in ids[target]:
+                return m[0]
+            while "." in frag and frag not in ids[target]:
+                frag = frag.rsplit(".", 1)[0]
+            return (
+                f'href="{path}#{html.escape(frag, quote=True)}"' if frag in ids[target] else f'href="{path}"'
+            )
+
+        return re.sub(r'href="([^"#:]*\.html|)#([^"]+)"', fix, page["body"])
+
     def postprocess(self, page, body, api_ids):
-        "Pandoc heading ids, working links, copied images, no remote scripts; collects the API entries."
+        """Pandoc heading ids, working links, copied images, no remote scripts, source links in their
+        headings; collects the page's API entries, its table of contents and its search entries."""
         from bs4 import BeautifulSoup
 
         soup = BeautifulSoup(body, "html.parser")
-        used = {"page-title", "sidebar", "content"}
+        used = {"page-title", "sidebar", "content", "toc"}
         used |= {t["id"] for t in soup.find_all(id=True) if not re.match(r"h[1-6]$", t.name)}
         for a in soup.select("a.anchor-link"):
             a.decompose()
@@ -347,73 +466,74 @@ class Site:
             url = tag.get("src") or tag.get("href") or ""
             if _is_external(url) or (tag.name == "script" and "require" in tag.get_text()):
                 tag.decompose()
-        api = []
-        for cid in api_ids:
-            cell = soup.find(id=f"cell-id={cid}")
-            h = cell.find(re.compile(r"^h[1-6]$")) if cell else None
-            if h:
-                api.append((h.get_text(" ").replace("¶", "").strip(), h["id"]))
+        api = [e for e in (api_entry(soup, cid) for cid in api_ids) if e]
+        page["toc"] = [
+            (int(h.name[1]), heading_text(h), h["id"], h.find_parent(class_="output_markdown") is not None)
+            for h in soup.find_all(["h2", "h3"])
+        ]
+        self.search += search_entries(soup, page, api)
         return str(soup), api
 
 
-# ---------------------------------------------------------------- page layout
+def _ids_of(body):
+    return set(re.findall(r'\sid="([^"]+)"', body))
 
-CSS = """
-:root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg-code:#f6f8fa; --accent:#0969da; --nav:260px; }
-* { box-sizing: border-box; }
-body { margin:0; color:var(--fg); font:16px/1.55 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; }
-a { color:var(--accent); text-decoration:none; } a:hover { text-decoration:underline; }
-#sidebar { position:fixed; top:0; left:0; bottom:0; width:var(--nav); overflow-y:auto; padding:20px 16px;
-  background:#f6f8fa; border-right:1px solid var(--line); font-size:14px; }
-#sidebar .project { font-weight:700; font-size:18px; margin-bottom:4px; }
-#sidebar .tagline { color:var(--muted); font-size:12.5px; margin:0 0 14px; }
-#sidebar ul { list-style:none; padding:0; margin:0; }
-#sidebar li { margin:2px 0; }
-#sidebar li.page > a { display:block; padding:4px 8px; border-radius:6px; color:var(--fg); }
-#sidebar li.page.active > a { background:#ddf4ff; color:var(--accent); font-weight:600; }
-#sidebar details > summary { list-style:none; cursor:pointer; color:var(--muted); font-size:12px;
-  padding:0 8px; }
-#sidebar details > summary::-webkit-details-marker { display:none; }
-#sidebar ul.api { margin:2px 0 6px 14px; border-left:1px solid var(--line); }
-#sidebar ul.api a { display:block; padding:1px 8px;
-  font:12.5px/1.5 ui-monospace, SFMono-Regular, Menlo, monospace; color:var(--muted); }
-#sidebar li.reference { margin-top:14px; border-top:1px solid var(--line); padding-top:10px; }
-#content { margin-left:var(--nav); max-width:980px; padding:28px 40px 60px; }
-h1.title { margin:0 0 6px; font-size:2em; }
-p.description { color:var(--muted); font-size:1.1em; margin:0 0 24px; }
-h1, h2, h3, h4 { line-height:1.25; }
-h2 { border-bottom:1px solid var(--line); padding-bottom:4px; margin-top:1.6em; }
-a.anchor-link { visibility:hidden; margin-left:6px; font-size:.8em; color:var(--muted); }
-h1:hover a.anchor-link, h2:hover a.anchor-link, h3:hover a.anchor-link,
-h4:hover a.anchor-link { visibility:visible; }
-code { font:0.9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background:var(--bg-code);
-  padding:1px 4px; border-radius:4px; }
-pre { font:13.5px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; overflow-x:auto; margin:0; }
-pre code { background:none; padding:0; }
-.rendered_html pre, .highlight pre { background:var(--bg-code); padding:10px 14px; border-radius:6px; }
-.cell { margin:10px 0; } .prompt { display:none; }
-.output_area pre { background:#fff; border-left:3px solid var(--line); padding:6px 12px; border-radius:0; }
-.output_stderr pre { background:#fff8f0; border-left-color:#d4a72c; }
-.output_area img, .rendered_html img { max-width:100%; height:auto; }
-.output_markdown hr:first-child { display:none; }
-.output_markdown h3, .output_markdown h4 { font-family:ui-monospace, SFMono-Regular, Menlo, monospace;
-  font-size:1.05em;
-  margin:1.8em 0 .5em; padding-top:10px; border-top:1px solid var(--line); }
-table { border-collapse:collapse; margin:10px 0; }
-th, td { border:1px solid var(--line); padding:4px 10px; text-align:left; }
-blockquote { margin:0; padding:0 14px; color:var(--muted); border-left:4px solid var(--line); }
-.callout { border-left:4px solid var(--accent); background:#f0f7ff; padding:2px 16px; margin:14px 0;
-  border-radius:4px; }
-.callout-warning, .callout-caution { border-left-color:#bf8700; background:#fff8e6; }
-.callout-important { border-left-color:#cf222e; background:#fff0f0; }
-.callout-tip { border-left-color:#1a7f37; background:#effaf2; }
-.callout-title { font-weight:600; margin-top:8px; }
-p.caption { color:var(--muted); font-size:.92em; text-align:center; }
-footer { margin-top:48px; color:var(--muted); font-size:13px; border-top:1px solid var(--line);
-  padding-top:10px; }
-@media (max-width: 800px) { #sidebar { position:static; width:auto; border-right:0; }
-#content { margin-left:0; padding:20px; } }
-"""
+
+def heading_text(h):
+    "A heading's text without its anchor and source links."
+    h = copy.copy(h)
+    for a in h.select("a.anchor-link, a.source-link"):
+        a.decompose()
+    return re.sub(r"\s+", " ", h.get_text()).strip()
+
+
+def api_entry(soup, cell_id):
+    """name, id, signature and one-line summary of the symbol a show_doc cell documents; moves its
+    `source` link (a paragraph above the heading in nbdev's markdown) into the heading."""
+    cell = soup.find(id=f"cell-id={cell_id}")
+    h = cell.find(re.compile(r"^h[1-6]$")) if cell else None
+    if h is None:
+        return None
+    link = next((a for a in cell.find_all("a", href=True) if a.get_text(strip=True) == "source"), None)
+    if link is not None:
+        holder = link.parent
+        link["class"] = "source-link"
+        link["title"] = "the source of " + heading_text(h)
+        h.insert(0, link.extract())
+        if holder.name == "p" and not holder.get_text(strip=True):
+            holder.decompose()
+    pre = h.find_next("pre")
+    sig = pre.get_text() if pre is not None and pre.find_parent(id=f"cell-id={cell_id}") else ""
+    sig = re.sub(r"\s+", " ", re.sub(r"^\s*(?:async\s+)?def\s+\w+", "", sig)).strip().rstrip(":")
+    sig = sig.replace("( ", "(").replace(" )", ")")
+    em = next((e for e in cell.find_all("em") if e.find_parent("pre") is None), None)
+    summary = copy.copy(em) if em else soup.new_tag("em")
+    for a in summary.find_all("a"):
+        a.unwrap()  # the reference page is elsewhere: keep the words, not the links
+    return dict(name=heading_text(h), id=h["id"], sig=sig, summary=summary.decode_contents().strip())
+
+
+def search_entries(soup, page, api):
+    """One search entry per section of a page: its heading and its prose up to the next h2/h3 (an API
+    entry's: its signature, then its docstring)."""
+    entries, current = [], dict(t=plain(page["title"]), h=plain(page["title"]), u=page["out"], x=[], k="page")
+    for el in soup.find_all(["h2", "h3", "p", "li", "td"]):
+        if el.name in ("h2", "h3"):
+            entries.append(current)
+            kind = "api" if el.find_parent(class_="output_markdown") else "section"
+            current = dict(
+                t=plain(page["title"]), h=heading_text(el), u=f"{page['out']}#{el['id']}", x=[], k=kind
+            )
+        elif el.find_parent(["pre", "li"] if el.name != "li" else ["pre"]) is None:
+            current["x"].append(el.get_text(" ", strip=True))
+    entries.append(current)
+    sigs = {f"{page['out']}#{e['id']}": e["sig"] for e in api}
+    for e in entries:
+        e["x"] = re.sub(r"\s+", " ", " ".join([sigs.get(e["u"], "")] + e["x"])).strip()[:SEARCH_TEXT]
+    return entries
+
+
+# ---------------------------------------------------------------- page layout
 
 PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -422,19 +542,23 @@ PAGE = """<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} – {project}</title>
 <meta name="description" content="{description}">
-<style>{css}
-{pygments}</style>
+<link rel="stylesheet" href="{root}styles.css">
 </head>
 <body>
 <nav id="sidebar" aria-label="Contents">
 {nav}
 </nav>
+<div id="page"{layout}>
+{toc}
 <main id="content">
 <header><h1 class="title" id="page-title">{title_html}</h1>{description_html}</header>
 {body}
 <footer>{project} documentation, built from the notebooks in <code>{nbs}/</code>
 by <code>tools/build_docs.py</code>.</footer>
 </main>
+</div>
+<script src="{root}search_index.js"></script>
+<script src="{root}site.js"></script>
 </body>
 </html>
 """
@@ -461,8 +585,13 @@ def nav_html(site, current):
     items = [f'<div class="project"><a href="{rel("index.html")}">{html.escape(cfg["title"])}</a></div>']
     if cfg.get("description"):
         items.append(f'<p class="tagline">{html.escape(cfg["description"])}</p>')
+    items.append(
+        f'<form class="search" role="search" action="{rel(SEARCH)}">'
+        '<input type="search" name="q" placeholder="Search" aria-label="Search the documentation" '
+        'autocomplete="off"><ul class="search-hits" hidden></ul></form>'
+    )
     items.append("<ul>")
-    for p in site.pages:
+    for p in (p for p in site.pages if p["out"] != REFERENCE):
         active = p is current
         items.append(
             f'<li class="page{" active" if active else ""}">'
@@ -470,29 +599,47 @@ def nav_html(site, current):
         )
         if p["api"]:
             links = "".join(
-                f'<li><a href="{rel(p["out"])}#{html.escape(i, quote=True)}">{html.escape(n)}</a></li>'
-                for n, i in p["api"]
+                f'<li><a href="{rel(p["out"])}#{html.escape(e["id"], quote=True)}">'
+                f"{html.escape(e['name'])}</a></li>"
+                for e in p["api"]
             )
             items.append(
                 f"<details{' open' if active else ''}><summary>API ({len(p['api'])})</summary>"
                 f'<ul class="api">{links}</ul></details>'
             )
         items.append("</li>")
-    ref_active = " active" if current.get("rel") is None else ""
+    ref_active = " active" if current.get("out") == REFERENCE else ""
     items.append(f'<li class="page reference{ref_active}"><a href="{rel(REFERENCE)}">API reference</a></li>')
     items.append("</ul>")
     return "\n".join(items)
 
 
-def write_page(site, page, pygments_css):
+def toc_html(page):
+    "The page's h2 and h3 headings as an 'On this page' list, or '' for a page with fewer than two."
+    entries = page.get("toc") or []
+    if len(entries) < 2:
+        return ""
+    items = "".join(
+        f'<li class="toc-h{level}{" toc-api" if api else ""}">'
+        f'<a href="#{html.escape(hid, quote=True)}">{html.escape(text)}</a></li>'
+        for level, text, hid, api in entries
+    )
+    title = '<div class="toc-title">On this page</div>'
+    return f'<nav id="toc" aria-label="On this page">{title}<ul>{items}</ul></nav>'
+
+
+def write_page(site, page):
     desc = page.get("description") or ""
+    toc = toc_html(page)
+    root = posixpath.relpath(".", posixpath.dirname(page["out"]) or ".")
     doc = PAGE.format(
         title=html.escape(plain(page["title"])),
         project=html.escape(site.cfg["title"]),
         description=html.escape(plain(desc), quote=True),
-        css=CSS,
-        pygments=pygments_css,
+        root="" if root == "." else root + "/",
         nav=nav_html(site, page),
+        layout="" if toc else ' class="no-toc"',
+        toc=toc,
         title_html=_md_inline(page["title"]),
         description_html=f'<p class="description">{_md_inline(desc)}</p>' if desc else "",
         body=page["body"],
@@ -503,21 +650,89 @@ def write_page(site, page, pygments_css):
     dst.write_text(doc, encoding="utf-8")
 
 
-def reference_body(site):
-    parts = []
+def reference_page(site):
+    "Every API entry by page: its name linked to its entry, its signature and its one-line summary."
+    parts, toc = [], []
     for p in site.pages:
         if not p["api"]:
             continue
-        parts.append(
-            f'<h2 id="{pandoc_id(p["out"].rsplit(".", 1)[0])}">'
-            f'<a href="{p["out"]}">{html.escape(plain(p["title"]))}</a></h2><ul>'
-        )
-        parts += [
-            f'<li><a href="{p["out"]}#{html.escape(i, quote=True)}"><code>{html.escape(n)}</code></a></li>'
-            for n, i in p["api"]
-        ]
-        parts.append("</ul>")
-    return "\n".join(parts) or "<p>No documented symbols yet.</p>"
+        hid = pandoc_id(p["out"].rsplit(".", 1)[0])
+        toc.append((2, plain(p["title"]), hid, False))
+        parts.append(f'<h2 id="{hid}"><a href="{p["out"]}">{html.escape(plain(p["title"]))}</a></h2>')
+        parts.append('<dl class="api-ref">')
+        for e in p["api"]:
+            parts.append(
+                f'<dt><a href="{p["out"]}#{html.escape(e["id"], quote=True)}"><code>{html.escape(e["name"])}'
+                f'</code></a><code class="sig">{html.escape(e["sig"])}</code></dt>'
+                f"<dd>{e['summary']}</dd>"
+            )
+        parts.append("</dl>")
+    return dict(
+        rel=None,
+        out=REFERENCE,
+        title="API reference",
+        api=[],
+        toc=toc,
+        description="Every symbol documented with `show_doc`: its signature and what it does, by page.",
+        body="\n".join(parts) or "<p>No documented symbols yet.</p>",
+    )
+
+
+def search_page():
+    return dict(
+        rel=None,
+        out=SEARCH,
+        title="Search",
+        api=[],
+        toc=[],
+        description="",
+        body='<p id="search-summary">Search needs JavaScript.</p><ol id="search-results"></ol>',
+    )
+
+
+def source_page(site, path):
+    "A repository file as a page, one numbered line a row (`#L12` is line 12), linked to its notebook."
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import get_lexer_for_filename
+
+    text = (site.root / path).read_text(encoding="utf-8")
+    code = highlight(text, get_lexer_for_filename(path), HtmlFormatter(nowrap=True))
+    rows = "".join(
+        f'<span class="line" id="L{n}"><a class="lineno" href="#L{n}">{n}</a>{line}\n</span>'
+        for n, line in enumerate(code.rstrip("\n").split("\n"), 1)
+    )
+    out = f"{SOURCES}/{path}.html"
+    m = re.search(r"File to edit: (\S+?\.ipynb)", "\n".join(text.split("\n", 5)[:5]))
+    nb = (site.root / path).parent / m.group(1) if m else None
+    try:
+        target = site.page_of_nb(nb.resolve().relative_to(site.nbs.resolve())) if nb else None
+    except ValueError:
+        target = None
+    origin = (
+        f"Exported by nbdev from [{site.cfg['nbs_path']}/{target['rel'].as_posix()}]"
+        f"({posixpath.relpath(target['out'], posixpath.dirname(out))}); edit the notebook, not this file."
+        if target
+        else ""
+    )
+    return dict(
+        rel=None,
+        out=out,
+        title=f"`{path}`",
+        api=[],
+        toc=[],
+        description=origin,
+        body=f'<div class="source highlight"><pre>{rows}</pre></div>',
+    )
+
+
+def write_assets(site, pygments_css):
+    "styles.css (with pygments' colours), site.js and search_index.js next to the pages."
+    css = (site.nbs / "styles.css").read_text(encoding="utf-8")
+    (site.out / "styles.css").write_text(css + "\n/* pygments */\n" + pygments_css + "\n", encoding="utf-8")
+    shutil.copy2(site.nbs / "site.js", site.out / "site.js")
+    index = json.dumps(site.search, separators=(",", ":"))
+    (site.out / "search_index.js").write_text(f"window.PF_SEARCH = {index};\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------- build
@@ -537,7 +752,8 @@ def _title_of(nb_path):
 
 
 def build(root=ROOT, out=None, force=False, proc=True):
-    "Build the site; returns the `Site` (`.out` its folder, `.pages` its pages in nav order)."
+    """Build the site; returns the `Site` (`.out` its folder, `.pages` the pages in nav order, the API
+    reference last; `.extra` the search page and the source pages)."""
     import nbformat
     from nbconvert import HTMLExporter
     from pygments.formatters import HtmlFormatter
@@ -553,13 +769,14 @@ def build(root=ROOT, out=None, force=False, proc=True):
         shutil.rmtree(site.out)
     site.out.mkdir(parents=True)
     exporter = HTMLExporter(template_name="basic", exclude_input_prompt=True, exclude_output_prompt=True)
+    subs = machine_paths(root)
     prepared = []
     for rel in rels:
         src = proc_dir / rel
         if not src.exists():
             sys.exit(f"{src} missing: proc_nbs did not process {rel} (try --force)")
         nb = nbformat.read(src, as_version=4)
-        cells, meta, api_ids = prepare(nb)
+        cells, meta, api_ids = prepare(nb, subs)
         nb.cells = cells
         out_name = (
             "index.html"
@@ -577,25 +794,23 @@ def build(root=ROOT, out=None, force=False, proc=True):
             page["description"] = page["description"] or cfg.get("description", "")
         site.pages.append(page)
         prepared.append((page, nb, api_ids))
-    clash = [p["out"] for p in site.pages if p["out"] == REFERENCE]
+    clash = [
+        p["out"] for p in site.pages if p["out"] in (REFERENCE, SEARCH) or p["out"].startswith(SOURCES + "/")
+    ]
     if clash:
-        sys.exit(f"a notebook renders to {REFERENCE}, the API reference page: rename it")
+        sys.exit(
+            f"a notebook renders to {clash[0]}, a page of the site's own (API reference, search, sources)"
+        )
     for page, nb, api_ids in prepared:  # all pages known first, so links between them resolve
         body, _ = exporter.from_notebook_node(nb)
         page["body"], page["api"] = site.postprocess(page, body, api_ids)
-    pyg = HtmlFormatter(style="friendly").get_style_defs(".highlight")
     for page in site.pages:
-        write_page(site, page, pyg)
-    ref = dict(
-        rel=None,
-        out=REFERENCE,
-        title="API reference",
-        api=[],
-        description="Every symbol documented with show_doc, by page.",
-        body=reference_body(site),
-    )
-    write_page(site, ref, pyg)
-    site.pages.append(ref)
+        page["body"] = site.fix_fragments(page)
+    site.pages.append(reference_page(site))
+    site.extra = [search_page()] + [source_page(site, path) for path in sorted(site.sources)]
+    for page in site.pages + site.extra:
+        write_page(site, page)
+    write_assets(site, HtmlFormatter(style="friendly").get_style_defs(".highlight"))
     return site
 
 
