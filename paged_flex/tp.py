@@ -42,8 +42,8 @@ from .scheduler import StepPlan
 
 # %% auto #0
 __all__ = ['ERROR_GRACE_S', 'shard_heads', 'kv_heads_of_rank', 'load_shard', 'RankModel', 'ShardedKVCache', 'sharded_cache_for',
-           'BlockTableChanges', 'apply_changes', 'ExecuteModelRequest', 'execute_model_request', 'RankConfig', 'Worker',
-           'worker_main', 'MultiprocExecutor']
+           'BlockTableChanges', 'apply_changes', 'ExecuteModelRequest', 'execute_model_request', 'decode_step_request',
+           'RankConfig', 'Worker', 'worker_main', 'MultiprocExecutor']
 
 # %% ../nbs/16_tensor_parallel.ipynb #208be338
 def shard_heads(num_heads: int, num_kv_heads: int, world_size: int) -> tuple[int, int]:
@@ -222,7 +222,24 @@ def execute_model_request(plan: StepPlan, cache: ShardedKVCache) -> ExecuteModel
         cache.take_changes(),
     )
 
-# %% ../nbs/16_tensor_parallel.ipynb #9669176b
+# %% ../nbs/16_tensor_parallel.ipynb #2dc1ee17
+def decode_step_request(
+    plan: StepPlan, step: int, tokens: torch.Tensor, cache: ShardedKVCache
+) -> ExecuteModelRequest:
+    "Step `step` of multi-step `plan` alone, fed `tokens` `[B]`: one token per sequence, every row sampled."
+    B, k = plan.num_tokens, plan.num_steps
+    return ExecuteModelRequest(
+        tokens,
+        plan.seq_ids,
+        plan.positions + step,
+        torch.arange(B),
+        plan.max_context_len - (k - 1 - step),
+        1,
+        True,
+        cache.take_changes(),
+    )
+
+# %% ../nbs/16_tensor_parallel.ipynb #1002cd5b
 @dataclass(frozen=True)
 class RankConfig:
     "What a rank needs to start: the model, the cache's geometry, the runner's settings, the group's address."
@@ -241,7 +258,7 @@ class RankConfig:
     init_method: str  # torch.distributed's rendezvous, e.g. 'file:///tmp/.../store'
     timeout_s: float  # a collective waits this long for its peers, then raises
 
-# %% ../nbs/16_tensor_parallel.ipynb #d90c4f80
+# %% ../nbs/16_tensor_parallel.ipynb #c84cd5a1
 class Worker:
     "One rank: its member of the process group, its shard of the model, its KV pages and a `ModelRunner`."
 
@@ -271,7 +288,7 @@ class Worker:
         )
         self.runner.scratch_page = config.scratch_page
 
-# %% ../nbs/16_tensor_parallel.ipynb #65fabee5
+# %% ../nbs/16_tensor_parallel.ipynb #28504539
 @patch
 def execute_model(self: Worker, request: ExecuteModelRequest) -> torch.Tensor | None:
     """Bring the tables up to date and run `request`; rank 0 returns the logits `[L, vocab]` (greedy tokens
@@ -288,7 +305,7 @@ def close(self: Worker) -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
 
-# %% ../nbs/16_tensor_parallel.ipynb #54759828
+# %% ../nbs/16_tensor_parallel.ipynb #83810eab
 def _reply(conn, call_id: int, fn) -> bool:
     "Send `(call_id, True, fn())`, or `(call_id, False, traceback)` if it raises; True if it did not."
     try:
@@ -304,7 +321,7 @@ def _call(worker: Worker, method, args: tuple, kwargs: dict):
     fn = getattr(worker, method) if isinstance(method, str) else functools.partial(method, worker)
     return fn(*args, **kwargs)
 
-# %% ../nbs/16_tensor_parallel.ipynb #ba5f6e12
+# %% ../nbs/16_tensor_parallel.ipynb #9487fc6e
 def worker_main(config: RankConfig, rank: int, conn) -> None:
     "A rank's process: start its `Worker` (call 0), answer calls until told to stop or the caller is gone."
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
@@ -324,7 +341,7 @@ def worker_main(config: RankConfig, rank: int, conn) -> None:
     sys.stderr.flush()
     os._exit(0)
 
-# %% ../nbs/16_tensor_parallel.ipynb #87bd313c
+# %% ../nbs/16_tensor_parallel.ipynb #2df03ba0
 class MultiprocExecutor:
     "Tensor parallel over `tensor_parallel_size` rank processes: each call runs on every rank (vLLM's name)."
 
@@ -367,7 +384,7 @@ class MultiprocExecutor:
         self._start(config)
         self._gather(0, startup_timeout, "startup")
 
-# %% ../nbs/16_tensor_parallel.ipynb #737b74b4
+# %% ../nbs/16_tensor_parallel.ipynb #ea5c43c4
 @patch
 def _scratch_page(self: MultiprocExecutor, cuda_graphs: bool) -> int | None:
     "On a GPU with graphs: a page for the graphs' padding rows, on the row the scheduler never uses."
@@ -397,7 +414,7 @@ def _start(self: MultiprocExecutor, config: RankConfig) -> None:
     for _, theirs in pipes:
         theirs.close()
 
-# %% ../nbs/16_tensor_parallel.ipynb #171e403c
+# %% ../nbs/16_tensor_parallel.ipynb #8b37d24d
 def _stop(procs, conns, store: str, wait_s: float = 10.0) -> None:
     "Ask each rank to leave, kill any still there after `wait_s` s, close the pipes, remove the folder."
     for conn in conns:
@@ -415,7 +432,7 @@ def _stop(procs, conns, store: str, wait_s: float = 10.0) -> None:
         conn.close()
     shutil.rmtree(store, ignore_errors=True)
 
-# %% ../nbs/16_tensor_parallel.ipynb #8458ac72
+# %% ../nbs/16_tensor_parallel.ipynb #78d594d7
 ERROR_GRACE_S = 10.0  # after a rank raises, how long the others have to answer before they are taken as stuck
 
 
@@ -441,7 +458,7 @@ def _gather(self: MultiprocExecutor, call_id: int, timeout: float, what: str) ->
         raise RuntimeError(_describe(errors, what))
     return answers
 
-# %% ../nbs/16_tensor_parallel.ipynb #4178c87c
+# %% ../nbs/16_tensor_parallel.ipynb #4592f731
 @patch
 def _take(
     self: MultiprocExecutor, r: int, call_id: int, what: str, pending: set, answers: list, errors: dict
@@ -476,7 +493,7 @@ def _describe(errors: dict, what: str) -> str:
         for r, tb in errors.items()
     )
 
-# %% ../nbs/16_tensor_parallel.ipynb #4c2afd4e
+# %% ../nbs/16_tensor_parallel.ipynb #0973fa05
 @patch
 def _abort(self: MultiprocExecutor, message: str, errors: dict, what: str):
     "Stop every rank, close the executor; raise a RuntimeError of `message` and the ranks' errors in `what`."
@@ -508,7 +525,7 @@ def __enter__(self: MultiprocExecutor):
 def __exit__(self: MultiprocExecutor, *exc) -> None:
     self.close()
 
-# %% ../nbs/16_tensor_parallel.ipynb #aaab832a
+# %% ../nbs/16_tensor_parallel.ipynb #05bc7616
 @patch
 def collective_rpc(
     self: MultiprocExecutor,
@@ -546,16 +563,14 @@ def _send(self: MultiprocExecutor, message: bytes, what: str) -> None:
     except BaseException as e:
         self._abort(f"sending {what} to the ranks failed ({type(e).__name__}: {e})", {}, what)
 
-# %% ../nbs/16_tensor_parallel.ipynb #4f8daf63
+# %% ../nbs/16_tensor_parallel.ipynb #f7da7811
 @patch
-def run(self: MultiprocExecutor, plan: StepPlan, timings: dict | None = None) -> torch.Tensor:  # [L, vocab]
-    "`ModelRunner.run` on every rank: logits of the rows that sample, from rank 0, on the host."
+def _execute(self: MultiprocExecutor, make_request, timings: dict | None) -> torch.Tensor:
+    "Send `make_request()` to every rank; rank 0's answer. The tables' changes it takes must reach all ranks."
     t0 = time.perf_counter()
     self._check_open()
-    try:  # from here the ranks are taken to hold the tables' changes: they must reach every rank
-        message = pickle.dumps(
-            (self._calls + 1, "execute_model", (execute_model_request(plan, self.cache),), {})
-        )
+    try:
+        message = pickle.dumps((self._calls + 1, "execute_model", (make_request(),), {}))
     except BaseException as e:
         self._abort(f"the block tables' changes were taken but not sent ({type(e).__name__}: {e})", {}, "run")
     self._send(message, "execute_model")
@@ -564,11 +579,27 @@ def run(self: MultiprocExecutor, plan: StepPlan, timings: dict | None = None) ->
         timings["model"] += time.perf_counter() - t0
     return out
 
+# %% ../nbs/16_tensor_parallel.ipynb #6a9eb0e1
+@patch
+def run(self: MultiprocExecutor, plan: StepPlan, timings: dict | None = None) -> torch.Tensor:  # [L, vocab]
+    "`ModelRunner.run` on every rank: logits of the rows that sample, from rank 0, on the host."
+    return self._execute(functools.partial(execute_model_request, plan, self.cache), timings)
+
 
 @patch
-def run_decode_steps(self: MultiprocExecutor, plan: StepPlan, timings: dict | None = None) -> torch.Tensor:
-    "`ModelRunner.run_decode_steps` on every rank: greedy tokens `[num_steps, B]`, each rank feeding its own."
-    return self.run(plan, timings)
+def run_decode_steps(
+    self: MultiprocExecutor, plan: StepPlan, timings: dict | None = None, choose=None
+) -> torch.Tensor:  # [num_steps, B]
+    """`ModelRunner.run_decode_steps` on every rank: each rank feeds its own argmax, in one round trip;
+    with `choose(logits [B, vocab]) -> [B]` (the caller's sampler), one round trip per step, chosen here."""
+    if choose is None:
+        return self.run(plan, timings)
+    tokens, out = plan.token_ids, []
+    for i in range(plan.num_steps):
+        make = functools.partial(decode_step_request, plan, i, tokens, self.cache)
+        tokens = choose(self._execute(make, timings))
+        out.append(tokens)
+    return torch.stack(out)
 
 
 @patch

@@ -4,9 +4,10 @@ A random 2-layer GQA LLaMA (4 query heads, 2 KV heads, vocabulary 300, fp32) run
 with 2 query heads and 1 KV head; one scheduler in this process plans every step. Greedy tokens must equal
 those of `LLM` in this process and of HF's `generate`, through one-step plans (logits from rank 0), multi-step
 plans (tokens from the ranks), chunked prefill, shared prefix pages and forks (each rank copies its part of
-the partial page). Errors: an exception on rank 1 alone comes back here and the ranks go on; a rank that
-dies while its peer waits in a collective stops both, leaving no process and no rendezvous folder (a normal
-close is in notebook 16).
+the partial page); tokens chosen here in multi-step plans (a round trip per step) must equal one process's.
+Errors: an exception on rank 1 alone comes back here and the ranks go on; a rank that dies while its peer
+waits in a collective stops both, leaving no process and no rendezvous folder (a normal close is in
+notebook 16).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import transformers
 from transformers import LlamaForCausalLM
 
 from paged_flex import tp
-from paged_flex.engine import LLM
-from paged_flex.fms import load_llama, save_random_llama
+from paged_flex.engine import LLM, ModelRunner
+from paged_flex.fms import load_llama, paged_cache_for, save_random_llama
 from paged_flex.sampling import SamplingParams
 from paged_flex.scheduler import Scheduler, SchedulerConfig, Sequence
 
@@ -58,19 +59,27 @@ def executor(folder):
     ex.close()
 
 
-def run_greedy(executor, prompts, num_steps=1, budget=64, fork=None):
-    """Greedy tokens of `prompts` planned by one scheduler over the executor's cache; with `fork=i`, prompt i
-    forks into 3 samples after its first token. Returns (tokens per prompt, per forked sample, sequences)."""
-    scheduler = Scheduler(executor.cache, SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=budget))
+def run_greedy(runner, prompts, num_steps=1, budget=64, fork=None, choose=None):
+    """Tokens of `prompts` planned by one scheduler over `runner.cache` (a ModelRunner's or an executor's),
+    each chosen by `choose(logits)` (default: argmax); with `fork=i`, prompt i forks into 3 samples after its
+    first token. Returns (tokens per prompt, per forked sample, sequences)."""
+    scheduler = Scheduler(runner.cache, SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=budget))
     seqs = [scheduler.add(Sequence(i, p, max_tokens=MAX_TOKENS)) for i, p in enumerate(prompts)]
     children = []
     while scheduler.has_unfinished():
         plan = (scheduler.schedule_decode(num_steps) if num_steps > 1 else None) or scheduler.schedule()
-        out = executor.run_decode_steps(plan) if plan.num_steps > 1 else executor.run(plan).argmax(-1)
+        if plan.num_steps > 1:
+            out = runner.run_decode_steps(plan, None, choose)
+        else:
+            out = (choose or (lambda logits: logits.argmax(-1)))(runner.run(plan))
         scheduler.update(plan, out)
         if fork is not None and not children and seqs[fork].num_generated == 1:
             children = scheduler.fork(seqs[fork], 3)
     return [s.generated for s in seqs], [c.generated for c in children], seqs
+
+
+def second_best(logits):
+    return logits.topk(2, -1).indices[:, 1]
 
 
 def rank_tables(worker):
@@ -111,6 +120,14 @@ def test_chunked_prefill_shared_prefix_and_forks(executor, hf_tokens):
     for table, logical in executor.collective_rpc(rank_tables):
         assert torch.equal(table, executor.cache.block_table)
         assert torch.equal(logical, executor.cache.page_logical)
+
+
+def test_callers_choice_in_multi_step_plans(executor, folder, hf_tokens):
+    model, _ = load_llama(folder, "cpu")
+    cache = paged_cache_for(model, 96, 4, max_seqs=9, max_seq_len=256)
+    want = run_greedy(ModelRunner(model, cache), PROMPTS, num_steps=4, choose=second_best)[0]
+    assert run_greedy(executor, PROMPTS, num_steps=4, choose=second_best)[0] == want  # a round trip per step
+    assert want != hf_tokens
 
 
 def test_error_on_rank_1_reaches_the_caller_and_ranks_go_on(executor, hf_tokens):
