@@ -481,9 +481,10 @@ def _take(
 def _dead(self: MultiprocExecutor, r: int, what: str, errors: dict):
     "Rank `r`'s process ended: stop the others too (they may wait for it in a collective) and raise."
     self._procs[r].join(5)
-    self._abort(
-        f"tensor-parallel rank {r} exited (exit code {self._procs[r].exitcode}) in {what}", errors, what
-    )
+    message = f"tensor-parallel rank {r} exited (exit code {self._procs[r].exitcode}) in {what}"
+    if what == "startup":  # spawn runs the caller's main module again in each rank
+        message += " (its output is above; a script must start ranks under `if __name__ == '__main__':`)"
+    self._abort(message, errors, what)
 
 
 def _describe(errors: dict, what: str) -> str:
