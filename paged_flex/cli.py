@@ -349,20 +349,23 @@ def generate_command(args) -> int:
 def bench_parser(sub) -> argparse.ArgumentParser:
     "`paged-flex bench` and its options, added to the subcommands `sub`."
     b = sub.add_parser(
-        "bench", help="engine workloads W1-W4 (throughput with its peers, capacity, shared prefix, scale)"
+        "bench",
+        help="engine workloads W1-W5 (throughput, capacity, shared prefix, scale, long context; with peers)",
     )
     b.add_argument(
         "--workloads",
         nargs="+",
         default=["w1", "w2", "w3", "w4"],
-        choices=["w1", "w2", "w3", "w4"],
-        help="which to run",
+        choices=["w1", "w2", "w3", "w4", "w5", "w5-capacity"],
+        help="which to run (w5 and w5-capacity: a LLaMA-3-8B shape, 16 GB of weights, unless --small)",
     )
     b.add_argument("--out", default="bench.json", help="the JSON result; the figure goes beside it, as .png")
-    b.add_argument("--model", help="a Hugging Face LLaMA-family folder (default: a random W1 model)")
+    b.add_argument("--model", help="a Hugging Face LLaMA-family folder (default: random W1 and W5 models)")
     b.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     b.add_argument("--small", action="store_true", help="tiny model and workloads, for a CPU")
-    b.add_argument("--no-peers", action="store_true", help="skip W1's peers (Hugging Face and FMS generate)")
+    b.add_argument(
+        "--no-peers", action="store_true", help="skip W1's and W5's peers (Hugging Face and FMS generate)"
+    )
     return b
 
 
@@ -381,8 +384,9 @@ def bench_command(args) -> int:
         return fail(e)
     res = run_bench(args.workloads, out, args.model, device, args.small, peers=not args.no_peers)
     speed = lambda v: v.get("tokens_per_s", "error" if "error" in v else "...")
+    brief = lambda v: speed(v) if isinstance(v, dict) else f"{len(v)} runs" if isinstance(v, list) else v
     for name, r in res["results"].items():
-        print(name, {k: speed(v) if isinstance(v, dict) else v for k, v in r.items()})
+        print(name, {k: brief(v) for k, v in r.items()})
     plot_bench(res, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

@@ -47,6 +47,7 @@ MISTAKES = [  # argv ({tiny}, {gpt2}: the fixture's folders) -> what the one lin
     ("bench --out /missing/dir/x.json", "folder '/missing/dir' does not exist"),
     ("bench --model /nonexistent", "'/nonexistent'"),
     ("bench --model {gpt2}", "'gpt2' model"),
+    ("bench --workload w6", "invalid choice: 'w6'"),
     ("bogus", "invalid choice: 'bogus'"),
     ("serve /nonexistent", "'/nonexistent'"),
     ("serve {gpt2}", "'gpt2' model"),
