@@ -226,7 +226,7 @@ const urls = %s, W = %d, H = %d, out = {};
 // unless that box scrolls on purpose (code, outputs, tables).
 function cut(d, w) {
   const bad = [];
-  for (const el of d.querySelectorAll("main *, #sidebar *, #toc *")) {
+  for (const el of d.querySelectorAll("#page-header *, main *, #sidebar *, #toc *")) {
     const r = el.getBoundingClientRect();
     if (!r.width || !r.height) continue;
     let box = el.parentElement;

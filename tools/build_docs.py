@@ -4,14 +4,21 @@
    `#| hide` cells dropped), as `nbdev_docs` does before it calls Quarto.
 2. Each notebook (index first, then in file order) becomes `_site/<output-file>` (the name nbdev gives
    Quarto: `01_block_tables.ipynb` -> `block_tables.html`, `index.ipynb` -> `index.html`, the names the
-   `_modidx.py` doc links use), rendered by nbconvert's `basic` template inside our own page: inline
-   CSS and pygments colours, output images embedded, no script or stylesheet from the network.
-3. What Quarto would have interpreted is translated or dropped: `#| echo/output/include: false`,
+   `_modidx.py` doc links use), rendered by nbconvert's `basic` template inside our own page
+   (`nbs/styles.css`, `nbs/site.js`): output images embedded, nothing loaded from the network.
+3. Stored outputs are shown as a reader needs them: no stderr (warnings, progress bars), no widgets (they
+   need JavaScript the page does not run), the paths of the machine they ran on made portable.
+4. What Quarto would have interpreted is translated or dropped: `#| echo/output/include: false`,
    `::: {.callout-*}` fenced divs, `{#id .class}` attributes, `{{< shortcodes >}}`, front matter.
    Headings get Pandoc's ids (`### BlockTables.extend` -> `#blocktables.extend`); links to `*.ipynb`
    and to the doc host become relative `.html` links; local images are copied.
-4. A left sidebar lists every page by its title (its first `# ` heading) with the API symbols its
-   `show_doc` cells document; `reference.html` lists them all.
+5. API entries (`show_doc`): a cell's entries in source order, the `source` link in the entry's heading,
+   pointing at the module's own page under `src/` (`src/paged_flex/engine.py.html#L12`), not a remote
+   host; a link to an entry that does not exist (`#modelrunner.run`) goes to the nearest one (`#modelrunner`).
+6. A left sidebar lists every page by its title (its first `# ` heading) with the API symbols its
+   `show_doc` cells document, and a search box (`search_index.js`, one entry per section and API entry;
+   Enter opens `search.html`); each page has its table of contents; `reference.html` lists every API
+   entry with its signature and one-line summary.
 
     python tools/build_docs.py [--force]       # then open _site/index.html
 """
@@ -429,7 +436,9 @@ class Site:
             while "." in frag and frag not in ids[target]:
                 frag = frag.rsplit(".", 1)[0]
             return (
-                f'href="{path}#{html.escape(frag, quote=True)}"' if frag in ids[target] else f'href="{path}"'
+                f'href="{path}#{html.escape(frag, quote=True)}"'
+                if frag in ids[target]
+                else f'href="{path or "#"}"'
             )
 
         return re.sub(r'href="([^"#:]*\.html|)#([^"]+)"', fix, page["body"])
@@ -549,9 +558,9 @@ PAGE = """<!DOCTYPE html>
 {nav}
 </nav>
 <div id="page"{layout}>
+<header id="page-header"><h1 class="title" id="page-title">{title_html}</h1>{description_html}</header>
 {toc}
 <main id="content">
-<header><h1 class="title" id="page-title">{title_html}</h1>{description_html}</header>
 {body}
 <footer>{project} documentation, built from the notebooks in <code>{nbs}/</code>
 by <code>tools/build_docs.py</code>.</footer>
