@@ -363,6 +363,7 @@ class LLMEngine:
         model_path=None,  # `model`'s other name
         max_model_len: int | None = None,  # vLLM's name of `max_seq_len`
         gpu_memory_utilization: float | None = None,  # CUDA only: the free memory's fraction for KV pages
+        tensor_parallel_size: int = 1,  # rank processes over torch.distributed (notebook 16)
     ):
         model_path = resolve_alias("model", model, "model_path", model_path)
         max_seq_len = resolve_alias("max_model_len", max_model_len, "max_seq_len", max_seq_len)
@@ -372,7 +373,15 @@ class LLMEngine:
             model_path = smollm2_folder()
         self.device = torch.device(device) if device is not None else default_device()
         self._check_kv_budget(kv_cache_memory, gpu_memory_utilization)
-        self.model, self.tokenizer = load_llama(model_path, self.device, dtype)
+        tp = check_positive_int("tensor_parallel_size", tensor_parallel_size)
+        if tp > 1 and (score_mod is not None or mask_mod is not None):
+            raise ValueError(
+                "tensor_parallel_size > 1 runs the checkpoint's own attention variant only: "
+                "score_mod and mask_mod cannot be sent to the rank processes"
+            )
+        if tp > 1:  # the ranks load their shards; here a meta model, every tensor checked, no memory
+            dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.model, self.tokenizer = load_llama(model_path, "meta" if tp > 1 else self.device, dtype)
         if mask_mod is None:  # the checkpoint's own variant (a Mistral's sliding window), unless one is given
             mask_mod = model_mask_mod(model_path)
         if getattr(mask_mod, "future", False):  # chunked prefill and shared prefix pages assume causal KV
@@ -380,7 +389,7 @@ class LLMEngine:
                 f"{mask_mod!r} reads keys after the query; the engine runs causal variants only "
                 f"(use paged_attention for prefix-LM)"
             )
-        if fused_kernels and self.device.type == "cuda" and type(self.model).__name__ == "LLaMA":
+        if fused_kernels and tp == 1 and self.device.type == "cuda" and type(self.model).__name__ == "LLaMA":
             from paged_flex.fused import fuse_llama  # Triton kernels: only where a GPU runs them
 
             fuse_llama(self.model)
@@ -405,9 +414,16 @@ class LLMEngine:
             raise ValueError(f"max_seq_len={max_seq_len} is longer than the model's {model_len} positions")
         if max_num_batched_tokens is not None:
             check_positive_int("max_num_batched_tokens", max_num_batched_tokens)
-        self.cache = paged_cache_for(
-            self.model, num_pages, self.page_size, max_seqs=max_num_seqs + 1, max_seq_len=max_seq_len
-        )
+        if tp > 1:  # block tables here, each rank's KV heads in its own process
+            from paged_flex.tp import sharded_cache_for
+
+            self.cache = sharded_cache_for(
+                self.model, num_pages, self.page_size, max_num_seqs + 1, max_seq_len, self.device
+            )
+        else:
+            self.cache = paged_cache_for(
+                self.model, num_pages, self.page_size, max_seqs=max_num_seqs + 1, max_seq_len=max_seq_len
+            )
         self.scheduler_config = SchedulerConfig(
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max(4096, max_num_seqs)
@@ -418,7 +434,12 @@ class LLMEngine:
             sliding_window=self._freeing_window(mask_mod, backend, score_mod),  # pages behind it are freed
         )
         self.scheduler = Scheduler(self.cache, self.scheduler_config)
-        self.runner = ModelRunner(self.model, self.cache, backend, cuda_graphs, score_mod, mask_mod)
+        if tp > 1:
+            from paged_flex.tp import MultiprocExecutor
+
+            self.runner = MultiprocExecutor(model_path, self.cache, tp, backend, cuda_graphs)
+        else:
+            self.runner = ModelRunner(self.model, self.cache, backend, cuda_graphs, score_mod, mask_mod)
         self.sampler = Sampler(self.tokenizer)
         self.eos_id = getattr(self.tokenizer, "eos_token_id", None)
         self.vocab_size = self.model.config.src_vocab_size
@@ -620,7 +641,8 @@ def step(self: LLMEngine) -> list[RequestOutput]:
     st.peak_running = max(st.peak_running, len(self.scheduler.running))
     try:
         if plan.num_steps > 1:
-            choose = lambda logits: self.sampler.next_tokens(plan.logit_seqs, logits)
+            sampled = any(s.params.temperature > 0 for s in plan.logit_seqs)  # else the runner's argmax
+            choose = (lambda logits: self.sampler.next_tokens(plan.logit_seqs, logits)) if sampled else None
             out = self.runner.run_decode_steps(plan, st.timings, choose)
             t2 = time.perf_counter()
             tokens = out.tolist()

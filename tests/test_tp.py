@@ -24,6 +24,7 @@ from transformers import LlamaForCausalLM
 from paged_flex import tp
 from paged_flex.engine import LLM, ModelRunner
 from paged_flex.fms import load_llama, paged_cache_for, save_random_llama
+from paged_flex.mods import sliding_window
 from paged_flex.sampling import SamplingParams
 from paged_flex.scheduler import Scheduler, SchedulerConfig, Sequence
 
@@ -147,3 +148,19 @@ def test_dead_rank_stops_all_and_leaves_no_process(executor):
     assert not children_alive() and not os.path.exists(store)
     with pytest.raises(RuntimeError, match="workers are stopped: tensor-parallel rank 1 exited"):
         executor.collective_rpc("execute_model")
+
+
+def test_llm_tensor_parallel_size(folder, hf_tokens):
+    "vLLM's `LLM(..., tensor_parallel_size=2)`: greedy equals HF, seeded sampling equals one process."
+    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True)
+    hot = [SamplingParams(max_tokens=MAX_TOKENS, temperature=0.9, seed=i, ignore_eos=True) for i in range(4)]
+    one = LLM(folder, device="cpu", page_size=4)
+    llm = LLM(folder, device="cpu", page_size=4, tensor_parallel_size=2)
+    try:
+        assert [o.outputs[0].token_ids for o in llm.generate(PROMPTS, sp, use_tqdm=False)] == hf_tokens
+        got, want = (x.generate(PROMPTS, hot, use_tqdm=False) for x in (llm, one))
+        assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in want]
+        with pytest.raises(ValueError, match="score_mod and mask_mod"):
+            LLM(folder, device="cpu", tensor_parallel_size=2, mask_mod=sliding_window(8))
+    finally:
+        llm.llm_engine.runner.close()
