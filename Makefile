@@ -28,7 +28,7 @@ docs: venv
 	$(PY) tools/build_docs.py
 
 docs-screenshot: docs
-	$(PY) -m pytest -q tests/test_docs.py -k screenshot && cp _site/screenshot.png docs/screenshot.png
+	$(PY) -m pytest -q tests/test_docs.py -k screenshot && cp _site/screenshot-*.png docs/
 
 # ruff.toml: line length 110, one statement per line; notebooks are linted as the source of paged_flex/*.py
 lint: venv

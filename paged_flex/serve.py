@@ -385,7 +385,7 @@ def render_metrics(engine: LLMEngine, m: ServeMetrics, now: float) -> str:
 class RequestStream:
     "The outputs of one HTTP request's engine requests, as the engine thread pushes them."
 
-    def __init__(self, engine: "AsyncLLMEngine", request_ids: list):
+    def __init__(self, engine, request_ids: list):  # engine: the AsyncLLMEngine below
         self.engine, self.request_ids = engine, list(request_ids)
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()

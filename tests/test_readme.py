@@ -1,7 +1,7 @@
 """The README's Python examples run as they are, in order, from the repository root.
 
-They are the cells of nbs/index.ipynb, whose hidden cell imports `json` and `Path`; the results
-examples read nbs/results. The first example loads the default model (SmolLM2-135M-Instruct), so
+They are the cells of nbs/index.ipynb, run in one fresh namespace (each imports what it uses); the
+results examples read nbs/results. The first example loads the default model (SmolLM2-135M-Instruct), so
 it needs `paged-flex assets` (or `make venv`) to have converted it once.
 
     python -m pytest -q tests/test_readme.py
@@ -31,7 +31,7 @@ def test_readme_examples_run(monkeypatch, capsys):
     assert len(blocks) >= 3, "README.md lost its examples"
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    namespace = {"json": json, "Path": Path}  # what index.ipynb's hidden cell imports
+    namespace = {}  # as a reader runs them: each example imports what it uses
     ran = 0
     for i, code in enumerate(blocks):
         if "LLM()" in code and not default_model_ready():
