@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from typing import Any
+from fastcore.basics import patch
 from torch.nn.attention.flex_attention import BlockMask, and_masks, flex_attention
 from .cache import PagedKVCache
 from .masks import sequence_local_mask
@@ -16,7 +17,8 @@ from .mods import variant_kinds
 
 # %% auto #0
 __all__ = ['bucket', 'StepMetadata', 'decode_block_mask', 'prefill_block_mask', 'logical_mods', 'with_mask_mod', 'step_metadata',
-           'PagedStep', 'attention_step', 'flex_paged_attention', 'gather_paged_attention', 'paged_attention']
+           'PagedStep', 'attention_step', 'flex_paged_attention', 'step_grid', 'key_slots', 'GatherGrid', 'gather_grid',
+           'gather_paged_attention', 'paged_attention']
 
 # %% ../nbs/05_paged_attention.ipynb #b3696d15
 def bucket(n: int, minimum: int = 16) -> int:
@@ -200,6 +202,7 @@ class PagedStep:
     _tiles: dict = field(default_factory=dict, repr=False)
     score_mod: Any = None  # the step's attention variant (notebook 04c), on logical positions
     mask_mod: Any = None
+    _grid: Any = field(default=None, repr=False)  # the gather path's GatherGrid, once built
 
     def tiles(self, queries_per_tile: int) -> torch.Tensor:
         """`[num_tiles, 4]` query tiles of the Triton prefill kernels, on the device:
@@ -295,67 +298,128 @@ def flex_paged_attention(
     out = out.squeeze(2) if meta.decode else out.squeeze(0).transpose(0, 1)
     return out[:n]
 
+# %% ../nbs/05_paged_attention.ipynb #41175d14
+def step_grid(seq_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The step's sequences `[seqs]`, and each packed query's row (its sequence's index there) and column
+    (its rank among that sequence's queries, in packed order): `(seqs, row, col)`. One query per sequence
+    (decode) keeps the packed order; otherwise the sequences are sorted."""
+    seqs, row, counts = torch.unique(seq_ids, return_inverse=True, return_counts=True)
+    if len(seqs) == len(seq_ids):  # one query per sequence: the packed queries are the rows
+        return seq_ids, torch.arange(len(seq_ids), device=seq_ids.device), torch.zeros_like(seq_ids)
+    order = torch.argsort(row, stable=True)  # queries grouped by sequence, packed order kept in each
+    first = torch.cumsum(counts, 0) - counts  # [seqs] where each sequence's group starts in `order`
+    col = torch.empty_like(row)
+    col[order] = torch.arange(len(row), device=row.device) - first[row[order]]
+    return seqs, row, col
+
+# %% ../nbs/05_paged_attention.ipynb #26fb98bb
+def key_slots(
+    block_table: torch.Tensor,  # [max_seqs, max_pages_per_seq] int32 physical pages
+    seqs: torch.Tensor,  # [seqs] the sequences' rows in the table
+    num_keys: torch.Tensor,  # [seqs] keys of each sequence to read
+    page_size: int,
+) -> torch.Tensor:  # [seqs, max(num_keys)] int64 physical slots
+    "Slot of each sequence's keys `0 .. num_keys - 1`; past its own `num_keys`, its first slot."
+    n = int(num_keys.max())
+    pages = block_table[seqs.long(), : -(-n // page_size)].long()  # [seqs, pages] physical pages
+    offsets = torch.arange(page_size, device=pages.device)
+    slots = (pages[:, :, None] * page_size + offsets).flatten(1)[:, :n]  # [seqs, n]
+    past = torch.arange(n, device=pages.device) >= num_keys[:, None]
+    return torch.where(past, slots[:, :1], slots)
+
+# %% ../nbs/05_paged_attention.ipynb #0f664708
+@dataclass
+class GatherGrid:
+    "Where the gather path puts a step's packed queries and their keys: built once, read by every layer."
+
+    seqs: torch.Tensor  # [S] the step's sequences
+    row: torch.Tensor  # [tokens] each packed query's row: its sequence's index in `seqs`
+    col: torch.Tensor  # [tokens] its column: its rank among that sequence's queries
+    q_pos: torch.Tensor  # [S, Q] int64 position of each cell's query; -1: padding
+    num_keys: torch.Tensor  # [S] keys each row's queries reach
+    slots: torch.Tensor  # [S, L] int64 physical slot of each row's keys (its first slot past num_keys)
+    mask: torch.Tensor | None  # [S, 1, Q, L] SDPA's mask (padding cells see key 0); None: all keys seen
+    decode: bool  # one query per row, rows in packed order: the queries need no copy
+
+
+def gather_grid(cache: PagedKVCache, seq_ids: torch.Tensor, positions: torch.Tensor) -> GatherGrid:
+    "The grid of the packed queries `seq_ids`, `positions` `[tokens]`."
+    seqs, row, col = step_grid(seq_ids.to(cache.device))
+    q_pos = torch.full((len(seqs), int(col.max()) + 1), -1, dtype=torch.long, device=cache.device)
+    q_pos[row, col] = positions.to(cache.device).long()
+    num_keys = q_pos.amax(1) + 1
+    slots = key_slots(cache.block_table, seqs, num_keys, cache.page_size)
+    mask = torch.arange(slots.shape[1], device=cache.device) <= q_pos.clamp(min=0)[:, None, :, None]
+    mask = None if bool(mask.all()) else mask
+    return GatherGrid(seqs, row, col, q_pos, num_keys, slots, mask, decode=q_pos.shape[1] == 1)
+
+# %% ../nbs/05_paged_attention.ipynb #11f9e91c
+@patch
+def grid(self: PagedStep) -> GatherGrid:
+    "The step's `GatherGrid`: built by the first layer that runs the gather path, then reused."
+    if self._grid is None:
+        self._grid = gather_grid(self.cache, self.seq_ids, self.positions)
+    return self._grid
+
 # %% ../nbs/05_paged_attention.ipynb #e2b2e493
 def gather_paged_attention(
-    q: torch.Tensor,
+    q: torch.Tensor,  # [tokens, num_heads, head_dim]
     cache: PagedKVCache,
     layer: int,
-    seq_ids: torch.Tensor,
-    positions: torch.Tensor,
+    seq_ids: torch.Tensor,  # [tokens] sequence of each query
+    positions: torch.Tensor,  # [tokens] logical position of each query
     scale: float | None = None,
     score_mod=None,
     mask_mod=None,
-    k_pool: torch.Tensor
-    | None = None,  # [num_pages, page_size, kv_heads, D]: the layer's pools, if not the cache's
+    k_pool: torch.Tensor | None = None,  # [num_pages, page_size, kv_heads, D]: if not the cache's own
     v_pool: torch.Tensor | None = None,
+    grid: GatherGrid | None = None,  # the step's, if built already (`PagedStep.grid`)
 ) -> torch.Tensor:
-    """Paged attention by gathering each sequence's pages and running SDPA (differentiable).
-    Returns `[tokens, num_heads, head_dim]`.
-    """
-    n, H, D = q.shape
-    G = H // cache.num_kv_heads
-    out = torch.empty_like(q)
-    ids, pos = seq_ids.cpu(), positions.cpu()
-    k_pool = cache.k[layer] if k_pool is None else k_pool
-    v_pool = cache.v[layer] if v_pool is None else v_pool
-    for s in ids.unique().tolist():
-        rows = (ids == s).nonzero().squeeze(1)
-        p = pos[rows]
-        n_kv = int(p.max()) + 1
-        pages = cache.block_table[s, : -(-n_kv // cache.page_size)].long()
-        k = k_pool[pages].reshape(-1, cache.num_kv_heads, D)[:n_kv]  # [n_kv, kv_heads, D]
-        v = v_pool[pages].reshape(-1, cache.num_kv_heads, D)[:n_kv]
-        allowed = torch.arange(n_kv)[None, :] <= p[:, None]  # [queries, n_kv]
-        v = torch.where(allowed.any(0)[:, None, None].to(v.device), v, 0)
-        qs = q[rows.to(q.device)].transpose(0, 1)  # [H, queries, D]
-        k = k.transpose(0, 1).repeat_interleave(G, 0)
-        v = v.transpose(0, 1).repeat_interleave(G, 0)
-        if score_mod is None and mask_mod is None:
-            o = F.scaled_dot_product_attention(qs, k, v, attn_mask=allowed.to(q.device), scale=scale)
-        else:
-            o = _attend_with_mods(qs, k, v, s, p.to(q.device), scale, score_mod, mask_mod)
-        out[rows.to(q.device)] = o.transpose(0, 1)
-    return out
+    """Paged attention by gathering the step's pages into one padded batch and running SDPA (differentiable).
+    Returns `[tokens, num_heads, head_dim]`."""
+    _, H, D = q.shape
+    KV = cache.num_kv_heads
+    g = gather_grid(cache, seq_ids, positions) if grid is None else grid
+    S, L = g.slots.shape
+    pools = (cache.k[layer] if k_pool is None else k_pool, cache.v[layer] if v_pool is None else v_pool)
+    k, v = (
+        p.reshape(-1, KV * D).index_select(0, g.slots.flatten()).view(S, L, KV, D).transpose(1, 2)
+        for p in pools
+    )
+    if g.decode:
+        qs = q.unsqueeze(2)  # [seqs, H, 1, D]
+    else:
+        qs = q.new_zeros(S, g.q_pos.shape[1], H, D)
+        qs[g.row, g.col] = q
+        qs = qs.transpose(1, 2)  # [seqs, H, Q, D]
+    if score_mod is None and mask_mod is None:
+        o = F.scaled_dot_product_attention(qs, k, v, attn_mask=g.mask, scale=scale, enable_gqa=H != KV)
+    else:
+        k, v = k.repeat_interleave(H // KV, 1), v.repeat_interleave(H // KV, 1)  # [seqs, H, L, D]
+        o = _attend_with_mods(qs, k, v, g, scale, score_mod, mask_mod)
+    return o.squeeze(2) if g.decode else o.transpose(1, 2)[g.row, g.col]
 
 
-def _attend_with_mods(q, k, v, seq: int, pos, scale, score_mod, mask_mod) -> torch.Tensor:
-    "Attention of one sequence's queries `[H, Q, D]` over its keys `[H, n_kv, D]` with the mods, in float32."
-    H, Q, D = q.shape
-    n_kv, dev = k.shape[1], q.device
-    scores = q.float() @ k.float().transpose(1, 2) * (scale if scale is not None else D**-0.5)  # [H, Q, n_kv]
-    b, h = torch.tensor(seq, device=dev), torch.arange(H, device=dev)[:, None, None]
-    qi, ki = pos[None, :, None], torch.arange(n_kv, device=dev)[None, None, :]
-    allowed = torch.ones_like(scores, dtype=torch.bool) if getattr(mask_mod, "future", False) else ki <= qi
+def _attend_with_mods(q, k, v, g: GatherGrid, scale, score_mod, mask_mod) -> torch.Tensor:
+    "Attention of the grid's queries `[S, H, Q, D]` over its keys `[S, H, L, D]` with the mods, in float32."
+    S, H, Q, D = q.shape
+    L, dev = k.shape[2], q.device
+    scores = q.float() @ k.float().transpose(2, 3) * (scale if scale is not None else D**-0.5)  # [S, H, Q, L]
+    b, h = g.seqs.view(S, 1, 1, 1), torch.arange(H, device=dev).view(1, H, 1, 1)
+    real = g.q_pos.view(S, 1, Q, 1) >= 0  # padding cells see no key
+    qi, ki = g.q_pos.clamp(min=0).view(S, 1, Q, 1), torch.arange(L, device=dev).view(1, 1, 1, L)
+    allowed = ki < g.num_keys.view(S, 1, 1, 1) if getattr(mask_mod, "future", False) else ki <= qi
+    allowed = allowed & real
     if mask_mod is not None:
         allowed = allowed & mask_mod(b, h, qi, ki)
     if score_mod is not None:
         scores = score_mod(scores, b, h, qi, ki)
-    scores = scores.masked_fill(~allowed, float("-inf"))
+    scores = scores.masked_fill(~allowed, float("-inf")).masked_fill(~real, 0.0)  # padding: finite, no NaN
     sinks = getattr(score_mod, "kernel", {}).get("sinks")
     if sinks is not None:  # one more column: the sink's logit, which has no value
-        scores = torch.cat([scores, sinks.to(dev, torch.float32)[:, None, None].expand(H, Q, 1)], -1)
-    w = torch.softmax(scores, -1).nan_to_num(0.0)[..., :n_kv]  # a query that sees no key: zeros
-    v = torch.where(allowed.any(1)[..., None], v.float(), 0.0)  # [H, n_kv, D]: no 0 * NaN from unseen keys
+        scores = torch.cat([scores, sinks.to(dev, torch.float32).view(1, H, 1, 1).expand(S, H, Q, 1)], -1)
+    w = torch.softmax(scores, -1).nan_to_num(0.0)[..., :L]  # a query that sees no key: zeros
+    v = torch.where(allowed.any(2)[..., None], v.float(), 0.0)  # no 0 * NaN from keys no query sees
     return (w @ v).to(q.dtype)
 
 # %% ../nbs/05_paged_attention.ipynb #1ce914b7

@@ -226,6 +226,7 @@ class _GradThroughGather(torch.autograd.Function):
                 s.mask_mod,
                 k_pool=kd,
                 v_pool=vd,
+                grid=s.grid(),
             )
             gq, gk, gv = torch.autograd.grad(out, (qd, kd, vd), grad)
         return gq, gk, gv, None, None, None, None
@@ -235,7 +236,15 @@ def _gather(q, step, layer, scale):
     from paged_flex.attention import gather_paged_attention
 
     return gather_paged_attention(
-        q, step.cache, layer, step.seq_ids, step.positions, scale, step.score_mod, step.mask_mod
+        q,
+        step.cache,
+        layer,
+        step.seq_ids,
+        step.positions,
+        scale,
+        step.score_mod,
+        step.mask_mod,
+        grid=step.grid(),
     )
 
 
