@@ -92,7 +92,10 @@ def bench_batch(llm, sampling, model, tokenizer, batch: int, new_tokens: int, re
     hf_tokens = run_hf(model, tokenizer, ids, new_tokens)[1]
     ours, hf = [], []
     for r in range(repeats):
-        pair = [(ours, lambda: run_ours(llm, sampling, ids)), (hf, lambda: run_hf(model, tokenizer, ids, new_tokens))]
+        pair = [
+            (ours, lambda: run_ours(llm, sampling, ids)),
+            (hf, lambda: run_hf(model, tokenizer, ids, new_tokens)),
+        ]
         for times, fn in pair if r % 2 == 0 else pair[::-1]:
             times.append(fn()[0])
     tokens = batch * new_tokens
@@ -136,7 +139,9 @@ def main(argv=None):
     llm = LLM(folder, device="cpu", dtype=torch.float32)
     sampling = SamplingParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation="sdpa"
+    ).eval()
     if args.profile:
         for b in args.batches:
             ids = prompt_ids(tokenizer, b)
@@ -145,7 +150,9 @@ def main(argv=None):
             profile_both(llm, sampling, model, tokenizer, ids, args.new_tokens)
         return
     load_before = os.getloadavg()
-    rows = [bench_batch(llm, sampling, model, tokenizer, b, args.new_tokens, args.repeats) for b in args.batches]
+    rows = [
+        bench_batch(llm, sampling, model, tokenizer, b, args.new_tokens, args.repeats) for b in args.batches
+    ]
     import transformers
 
     result = {
