@@ -110,7 +110,8 @@ def bench_batch(llm, sampling, model, tokenizer, batch: int, new_tokens: int, re
     }
     row["ratio"] = row["ours_tokens_per_s"] / row["hf_tokens_per_s"]
     print(
-        f"batch {batch:2d}: ours {row['ours_tokens_per_s']:6.1f} tok/s, HF {row['hf_tokens_per_s']:6.1f} tok/s, "
+        f"batch {batch:2d}: ours {row['ours_tokens_per_s']:6.1f} tok/s, "
+        f"HF {row['hf_tokens_per_s']:6.1f} tok/s, "
         f"ratio {row['ratio']:.2f}, same greedy tokens {row['greedy_agreement']:.0%}  "
         f"(load {os.getloadavg()[0]:.1f})",
         flush=True,
@@ -162,7 +163,8 @@ def main(argv=None):
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "workload": f"SmolLM2-135M-Instruct fp32 on the CPU; batches {args.batches} of prompts of 10-50 tokens "
+        "workload": f"SmolLM2-135M-Instruct fp32 on the CPU; batches {args.batches} of prompts of 10-50 "
+        "tokens "
         f"(tools/cpu_bench.py PROMPTS), {args.new_tokens} new tokens each, greedy, no early stop; ours "
         f"LLM.generate (backend auto: gather), HF generate on the same ids as one left-padded batch (sdpa, "
         f"use_cache=True); one warm-up each, then {args.repeats} alternating timed runs, median",
