@@ -5,7 +5,7 @@ transformers' `generate` on the same token ids as one left-padded batch (sdpa at
 Each batch size: one warm-up run of each, then `--repeats` timed pairs, alternating which runs first; the
 median of each. The ratio is our tokens/s over HF's.
 
-    python tools/cpu_bench.py --out nbs/results/cpu_speed_epyc.json
+    python tools/cpu_bench.py --threads 1 --out nbs/results/cpu_speed_epyc.json   # adds a run of 1 thread
     python tools/cpu_bench.py --batches 8 --repeats 1 --profile     # where our time goes, then HF's
 """
 
@@ -83,7 +83,7 @@ def profile_both(llm, sampling, model, tokenizer, ids, new_tokens: int) -> None:
         with profile() as p:
             fn()
         print(f"--- {name}, batch {len(ids)}")
-        print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+        print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
 
 
 def bench_batch(llm, sampling, model, tokenizer, batch: int, new_tokens: int, repeats: int) -> dict:
@@ -174,9 +174,18 @@ def main(argv=None):
         "rows": rows,
     }
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
+        save_run(args.out, result)
+
+
+def save_run(path: str, run: dict) -> None:
+    "Add `run` to the runs in `path` (a JSON file), replacing an earlier run with the same thread count."
+    runs = []
+    if os.path.exists(path):
+        with open(path) as f:
+            runs = [r for r in json.load(f)["runs"] if r["threads"] != run["threads"]]
+    with open(path, "w") as f:
+        json.dump({"runs": sorted(runs + [run], key=lambda r: r["threads"])}, f, indent=1)
+        f.write("\n")
 
 
 if __name__ == "__main__":
