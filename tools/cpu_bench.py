@@ -1,5 +1,5 @@
 """The engine on the CPU beside HF `generate`, in one process: SmolLM2-135M-Instruct in float32 (the folder of
-`paged-flex assets`), batches of 1, 4, 8 and 16 prompts of 10-50 tokens, 48 new tokens each, greedy, no early
+`paged-flex assets`), batches of 1, 4, 8 and 16 prompts of 9-38 tokens, 48 new tokens each, greedy, no early
 stop. Ours: `LLM(...).generate` (continuous batching over the paged cache, the gather attention path). Peer:
 transformers' `generate` on the same token ids as one left-padded batch (sdpa attention, use_cache=True).
 Each batch size: one warm-up run of each, then `--repeats` timed pairs, alternating which runs first; the
