@@ -163,7 +163,7 @@ def main(argv=None):
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "workload": f"SmolLM2-135M-Instruct fp32 on the CPU; batches {args.batches} of prompts of 10-50 "
+        "workload": f"SmolLM2-135M-Instruct fp32 on the CPU; batches {args.batches} of prompts of 9-38 "
         "tokens "
         f"(tools/cpu_bench.py PROMPTS), {args.new_tokens} new tokens each, greedy, no early stop; ours "
         f"LLM.generate (backend auto: gather), HF generate on the same ids as one left-padded batch (sdpa, "
