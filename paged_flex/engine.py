@@ -140,6 +140,7 @@ class ModelRunner:
         self.scratch_page = None
 
     def run(self, plan: StepPlan, timings: dict | None = None) -> torch.Tensor:  # [L, vocab]
+        "Logits of the plan's rows that sample: a CUDA graph's replay for a decode step, else one forward."
         if self.cuda_graphs and plan.is_decode_only and plan.num_tokens <= GRAPH_BATCHES[-1]:
             return self.run_graph(plan, timings)
         T, L = plan.num_tokens, len(plan.logit_indices)
@@ -611,6 +612,7 @@ def has_unfinished_requests(self: LLMEngine) -> bool:
 
 @patch
 def get_num_unfinished_requests(self: LLMEngine) -> int:
+    "How many requests `has_unfinished_requests` sees."
     return len(self._requests)
 
 
@@ -772,13 +774,40 @@ class LLM:
         self._ended: set = set()  # request ids of LLM calls whose final output came
         self._ids = count()
 
-    model = property(lambda self: self.llm_engine.model)
-    tokenizer = property(lambda self: self.llm_engine.tokenizer)
-    cache = property(lambda self: self.llm_engine.cache)
-    device = property(lambda self: self.llm_engine.device)
-    dtype = property(lambda self: self.llm_engine.dtype)
-    page_size = property(lambda self: self.llm_engine.page_size)
-    stats = property(lambda self: self.llm_engine.stats, doc="The engine's counters (`EngineStats`).")
+    @property
+    def model(self):
+        "The engine's FMS model (a meta model under `tensor_parallel_size > 1`: the ranks hold the weights)."
+        return self.llm_engine.model
+
+    @property
+    def tokenizer(self):
+        "The model folder's tokenizer, or None for a folder without one."
+        return self.llm_engine.tokenizer
+
+    @property
+    def cache(self):
+        "The engine's paged KV cache: its pages, block tables and allocator."
+        return self.llm_engine.cache
+
+    @property
+    def device(self) -> torch.device:
+        "Where the model and its KV pages are."
+        return self.llm_engine.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        "The model's dtype, which its KV pages take too."
+        return self.llm_engine.dtype
+
+    @property
+    def page_size(self) -> int:
+        "Tokens per KV page."
+        return self.llm_engine.page_size
+
+    @property
+    def stats(self) -> EngineStats:
+        "The engine's counters (`EngineStats`)."
+        return self.llm_engine.stats
 
     def get_tokenizer(self):
         "The model's tokenizer (vLLM's name), or None for a folder without one."

@@ -77,9 +77,10 @@ class SamplingParams:
         self._check_stops()
         self._check_processing()
 
-    has_penalties = property(
-        lambda self: (self.repetition_penalty, self.presence_penalty, self.frequency_penalty) != (1, 0, 0)
-    )
+    @property
+    def has_penalties(self) -> bool:
+        "Does the request ask for any of the three penalties?"
+        return (self.repetition_penalty, self.presence_penalty, self.frequency_penalty) != (1, 0, 0)
 
 # %% ../nbs/11a_sampling.ipynb #d23dfcb6
 @patch
