@@ -234,22 +234,20 @@ def generate_parser(sub) -> argparse.ArgumentParser:
     return g
 
 # %% ../nbs/90_cli.ipynb #50b219ae
-def sampling_params(args) -> list:
-    "One `SamplingParams` per sample of a prompt (`-n`), sample j seeded with `--seed` + j."
+def sampling_params(args):
+    "Every prompt's `SamplingParams`: `-n` samples, sample j seeded with `--seed` + j (the engine's rule)."
     from paged_flex.engine import SamplingParams
 
     check_positive_int("-n", args.n)
-    return [
-        SamplingParams(
-            max_tokens=args.max_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            seed=None if args.seed is None else args.seed + j,
-            stop=args.stop,
-        )
-        for j in range(args.n)
-    ]
+    return SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        stop=args.stop,
+        n=args.n,
+    )
 
 # %% ../nbs/90_cli.ipynb #ebfec9d1
 def encoded_prompts(args, folder: Path, config) -> list[list[int]]:
@@ -280,35 +278,34 @@ def encoded_prompts(args, folder: Path, config) -> list[list[int]]:
     return ids
 
 # %% ../nbs/90_cli.ipynb #dbd54f62
-def generate_outputs(engine, prompts: list[list[int]], params: list, progress: bool = True) -> list[list]:
-    "Each prompt's final `RequestOutput`s, one per SamplingParams, with a bar of generated tokens on stderr."
+def generate_outputs(engine, prompts: list[list[int]], sp, progress: bool = True) -> list:
+    "Each prompt's final `RequestOutput` (its `sp.n` samples), with a bar of generated tokens on stderr."
     for i, ids in enumerate(prompts):
-        for j, sp in enumerate(params):
-            engine.add_request((i, j), ids, sp)
+        engine.add_request(i, ids, sp)
     final, seen = {}, {}
-    total = len(prompts) * sum(sp.max_tokens for sp in params)
+    total = len(prompts) * sp.n * sp.max_tokens
     with tqdm(total=total, desc="generate", unit="token", disable=not progress) as bar:
         while engine.has_unfinished_requests():
             for out in engine.step():
-                n = len(out.outputs[0].token_ids)
+                n = sum(len(c.token_ids) for c in out.outputs)
                 bar.update(n - seen.get(out.request_id, 0))
                 seen[out.request_id] = n
                 if out.finished:
                     final[out.request_id] = out
-                    bar.total -= params[out.request_id[1]].max_tokens - n  # the tokens it did not need
-    return [[final[i, j] for j in range(len(params))] for i in range(len(prompts))]
+                    bar.total -= sp.n * sp.max_tokens - n  # the tokens its samples did not need
+    return [final[i] for i in range(len(prompts))]
 
 # %% ../nbs/90_cli.ipynb #de30313a
-def format_samples(prompt: str, samples: list, as_json: bool = False) -> str:
-    """A prompt's samples (`RequestOutput`s) as `generate` prints them: `> prompt` and each text,
+def format_samples(prompt: str, out, as_json: bool = False) -> str:
+    """A prompt's `RequestOutput` as `generate` prints it: `> prompt` and the text of each sample,
     or one JSON line per sample (prompt, index, text, token_ids, finish_reason)."""
-    done = [s.outputs[0] for s in samples]
+    done = out.outputs
     if as_json:
-        row = lambda j, c: dict(
-            prompt=prompt, index=j, text=c.text, token_ids=c.token_ids, finish_reason=c.finish_reason
+        row = lambda c: dict(
+            prompt=prompt, index=c.index, text=c.text, token_ids=c.token_ids, finish_reason=c.finish_reason
         )
-        return "\n".join(json.dumps(row(j, c)) for j, c in enumerate(done))
-    texts = [c.text.strip() if len(done) == 1 else f"[{j}] {c.text.strip()}" for j, c in enumerate(done)]
+        return "\n".join(json.dumps(row(c)) for c in done)
+    texts = [c.text.strip() if len(done) == 1 else f"[{c.index}] {c.text.strip()}" for c in done]
     return "\n".join([f"> {prompt}", *texts, ""])
 
 # %% ../nbs/90_cli.ipynb #b07cfead
@@ -331,7 +328,7 @@ def generate_command(args) -> int:
     from paged_flex.assets import smollm2_folder
 
     try:
-        device, params = check_device(args.device), sampling_params(args)
+        device, sp = check_device(args.device), sampling_params(args)
         folder, config = check_llama_folder(
             smollm2_folder(progress=not args.no_progress) if args.model is None else args.model
         )
@@ -339,10 +336,13 @@ def generate_command(args) -> int:
     except (ValueError, FileNotFoundError) as e:  # FileNotFoundError: no model folder, SmolLM2 not installed
         return fail(e)
     engine = load_engine(folder, device, progress=not args.no_progress)
-    outs = generate_outputs(engine, prompts, params, progress=not args.no_progress)
-    for q, samples in zip(args.prompts, outs):
-        print(format_samples(q, samples, args.json))
-    error = next((o.error for samples in outs for o in samples if o.error), None)
+    try:
+        outs = generate_outputs(engine, prompts, sp, progress=not args.no_progress)
+    except ValueError as e:  # a request the engine refuses: -n > 1 where it frees pages behind a window
+        return fail(e)
+    for q, out in zip(args.prompts, outs):
+        print(format_samples(q, out, args.json))
+    error = next((o.error for o in outs if o.error), None)
     return 0 if error is None else fail(error)
 
 # %% ../nbs/90_cli.ipynb #23d4d75f

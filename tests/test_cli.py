@@ -2,8 +2,9 @@
 LLaMA.
 
 Each user mistake of the newcomer's trial is one line on stderr and exit status 2, told before any model
-loads; `generate`'s JSON, `-n`, `--seed` and `--stop` agree with `LLM.generate`; progress goes to stderr;
-`demo` runs with fewer sequences than its prefill prompts; `bench` leaves no model folder behind.
+loads; `generate`'s JSON, `-n` (one request with `SamplingParams(n=N)` per prompt), `--seed` and `--stop`
+agree with `LLM.generate`, and an engine that cannot fork refuses `-n` in one line; progress goes to
+stderr; `demo` runs with fewer sequences than its prefill prompts; `bench` leaves no model folder behind.
 """
 
 from __future__ import annotations
@@ -91,12 +92,21 @@ def test_every_option_has_help_and_a_shown_default(capsys):
     assert capsys.readouterr().out == f"paged-flex {paged_flex.__version__}\n"
 
 
-def test_generate_json_samples_equal_llm_generate(folders, capsys):
-    "Two prompts, `-n 2` sampled with `--seed 5`: sample j is LLM.generate's with seed 5 + j."
+def test_generate_json_samples_equal_llm_generate(folders, capsys, monkeypatch):
+    """Two prompts, `-n 2` sampled with `--seed 5`: one request per prompt with `n=2` (its prompt computed
+    once), and sample j is LLM.generate's with seed 5 + j."""
+    requests, add = [], LLMEngine.add_request
+
+    def add_request(self, request_id, prompt, sampling_params=None):
+        requests.append((request_id, sampling_params.n, sampling_params.seed))
+        return add(self, request_id, prompt, sampling_params)
+
+    monkeypatch.setattr(LLMEngine, "add_request", add_request)
     argv = ["generate", "The cache", "pages", "--model", folders["tiny"], "--device", "cpu"]
     argv += ["--max-tokens", "6", "-n", "2", "--temperature", "1", "--seed", "5", "--json", "--no-progress"]
     assert main(argv) == 0
     out, err = capsys.readouterr()
+    assert requests == [(0, 2, 5), (1, 2, 5)]  # not one request per sample
     rows = [json.loads(line) for line in out.splitlines()]
     assert err == ""
     assert [(r["prompt"], r["index"]) for r in rows] == [
@@ -110,6 +120,30 @@ def test_generate_json_samples_equal_llm_generate(folders, capsys):
             want = [o.outputs[0].text, o.outputs[0].token_ids, o.outputs[0].finish_reason]
             assert [rows[2 * i + j][k] for k in ("text", "token_ids", "finish_reason")] == want
     assert rows[0]["token_ids"] != rows[1]["token_ids"]  # the samples of a prompt differ
+
+
+def test_generate_text_numbers_the_samples(folders, capsys):
+    "`-n 2` as text: the prompt, then each sample's text after its index."
+    argv = ["generate", "pages", "--model", folders["tiny"], "--device", "cpu", "--max-tokens", "4"]
+    assert main([*argv, "-n", "2", "--temperature", "1", "--seed", "3", "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert (len(lines), lines[0], lines[1][:4], lines[2][:4]) == (4, "> pages", "[0] ", "[1] "), lines
+
+
+def test_generate_n_where_the_engine_frees_pages_is_one_line(folders, capsys, monkeypatch):
+    "An engine that frees pages behind a sliding window cannot fork a prompt: `-n 2` is refused in one line."
+    from paged_flex import cli
+
+    def windowed(*args, **kwargs):
+        engine = LLMEngine(folders["tiny"], device="cpu")
+        engine.scheduler_config.sliding_window = 8  # as a Mistral checkpoint's engine has it
+        return engine
+
+    monkeypatch.setattr(cli, "load_engine", windowed)
+    argv = ["generate", "pages", "--model", folders["tiny"], "--device", "cpu", "-n", "2", "--no-progress"]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert (out, len(err.splitlines())) == ("", 1) and "n=2 forks the prompt's pages" in err, err
 
 
 def test_generate_stop_strings_end_the_text(folders, capsys):
