@@ -52,6 +52,12 @@ EXTERNAL_OK = (
     "triton-lang.org",
 )
 REQUIRED_API = ["LLM", "LLM.generate", "LLM.stream", "LLMEngine", "SamplingParams", "RequestOutput"]
+REQUIRED_API += [
+    "LLM.get_tokenizer",
+    "LLM.reset_prefix_cache",
+    "LLM.tokenizer",
+    "SamplingParams.has_penalties",
+]
 WIDTH, HEIGHT = 1280, 900
 SEARCHES = {"LLM.generate": "engine.html#llm.generate", "OutOfPagesError": "pages.html#outofpageserror"}
 
@@ -319,6 +325,32 @@ def test_pages_show_title_nav_and_search(site, doms):
         assert nav.select_one("form.search input[name=q]") is not None, f"{p['out']}: no search box"
 
 
+def class_members(module: str) -> list[str]:
+    """`Class.name` of each public method and property in the body of a public class of `paged_flex/module.py`
+    (nbdev documents the classes and their `@patch`ed methods, not these): `name = property(...)` counts."""
+    is_property = lambda v: (
+        isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "property"
+    )
+    members = []
+    for cls in ast.parse((ROOT / f"paged_flex/{module}.py").read_text()).body:
+        if not isinstance(cls, ast.ClassDef) or cls.name.startswith("_"):
+            continue
+        for node in cls.body:
+            names = [node.name] if isinstance(node, ast.FunctionDef) else []
+            if isinstance(node, ast.Assign) and is_property(node.value):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            members += [f"{cls.name}.{n}" for n in names if not n.startswith("_")]
+    return members
+
+
+def test_class_members_lists_methods_and_properties():
+    members = class_members("engine")
+    assert {"LLM.get_tokenizer", "LLM.stats", "ModelRunner.run", "IncrementalDetokenizer.text"} <= set(
+        members
+    )
+    assert not [m for m in members if m.split(".")[0].startswith("_") or m.split(".")[1].startswith("_")]
+
+
 def test_api_reference_signatures_and_summaries(site, doms):
     documented = [p for p in site.pages if p["api"]]
     assert documented, "no show_doc output found in any notebook"
@@ -329,7 +361,8 @@ def test_api_reference_signatures_and_summaries(site, doms):
     assert len(ref.select("dl.api-ref > dt")) == sum(len(p["api"]) for p in documented)
     engine = (ROOT / "paged_flex/engine.py").read_text()
     methods = re.findall(r"^def (\w+)\(\s*self: LLM\b", engine, re.M)  # LLM's patched methods (chat, ...)
-    for name in REQUIRED_API + [f"LLM.{m}" for m in methods if not m.startswith("_")]:
+    members = class_members("engine") + class_members("sampling")  # defined in class bodies: show_doc cells
+    for name in REQUIRED_API + [f"LLM.{m}" for m in methods if not m.startswith("_")] + members:
         assert name in entries, f"{name} has no API entry"
         dt = entries[name]
         assert dt.select_one("code.sig").get_text().startswith("("), f"{name}: no signature"
