@@ -14,6 +14,7 @@ from tqdm import tqdm
 from fms.models import get_model
 from fms.models.hf.utils import infer_model_configuration
 from fms.modules.attention import AttentionKwargs, get_attention_type, register_attention_op
+from fms.modules.positions import PositionEncoder, RotaryEmbedding
 from fms.utils import serialization
 from safetensors import safe_open
 from tokenizers import ByteLevelBPETokenizer
@@ -27,10 +28,10 @@ from .mods import attention_sinks, sliding_window, variant_kinds
 # %% auto #0
 __all__ = ['ATTN_NAME', 'SUPPORTED_ROPE', 'SUPPORTED_MODELS', 'SOURCES', 'paged_step', 'paged_kv_states', 'pool_layer',
            'layer_step', 'PagedAttentionKwargs', 'register_paged_attention', 'model_kv_shape', 'paged_cache_for',
-           'check_cache_fits', 'paged_attn_kwargs', 'paged_forward', 'fms_rope_scaling', 'check_llama_folder',
-           'gpt_oss_overrides', 'fms_overrides', 'model_mask_mod', 'register_transformers_adapters',
-           'checkpoint_tensors', 'check_layers', 'check_weights', 'load_llama', 'save_random_llama', 'sample',
-           'check_sampling', 'encode_prompts', 'generate']
+           'check_cache_fits', 'paged_attn_kwargs', 'paged_forward', 'rotate_pairs', 'StepRotary', 'LayerRotary',
+           'share_rope', 'fms_rope_scaling', 'check_llama_folder', 'gpt_oss_overrides', 'fms_overrides',
+           'model_mask_mod', 'register_transformers_adapters', 'checkpoint_tensors', 'check_layers', 'check_weights',
+           'load_llama', 'save_random_llama', 'sample', 'check_sampling', 'encode_prompts', 'generate']
 
 # %% ../nbs/09_fms.ipynb #476e6077
 def _check_positions(cache: PagedKVCache, ids: torch.Tensor, pos: torch.Tensor) -> None:
@@ -79,13 +80,17 @@ def paged_step(
 # %% ../nbs/09_fms.ipynb #70986819
 def paged_kv_states(cache: PagedKVCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """FMS's `past_key_value_states` for the cache:
-    layer i's K and V pools `[num_pages, page_size, kv_heads, head_dim]`.
+    layer i's K and V pools `[num_pages, page_size, kv_heads, head_dim]`, each tagged with its layer.
     """
-    return [(cache.k[i], cache.v[i]) for i in range(cache.num_layers)]
+    states = list(zip(cache.k.unbind(0), cache.v.unbind(0)))  # views, no copy
+    for layer, pools in enumerate(states):
+        for pool, whole in zip(pools, (cache.k, cache.v)):
+            pool.paged_flex_pool = (whole, layer)  # read by pool_layer in every layer's store and attend
+    return states
 
 
-def pool_layer(cache: PagedKVCache, pool: torch.Tensor) -> int:
-    "The layer whose K or V pool `pool` is: its offset in the cache's tensor, in whole layers."
+def _pool_offset(cache: PagedKVCache, pool) -> int:
+    "The layer of an untagged view of the cache's K or V tensor, from its storage and offset."
     for whole in (cache.k, cache.v):  # [layers, num_pages, page_size, kv_heads, head_dim]
         if (
             isinstance(pool, torch.Tensor)
@@ -98,6 +103,14 @@ def pool_layer(cache: PagedKVCache, pool: torch.Tensor) -> int:
         f"expected one layer's pool {list(cache.k.shape[1:])} of the paged cache "
         f"(past_key_value_states=paged_kv_states(cache), use_cache=True), got {got}"
     )
+
+
+def pool_layer(cache: PagedKVCache, pool: torch.Tensor) -> int:
+    "The layer whose K or V pool `pool` is: its `paged_kv_states` tag, else its offset in whole layers."
+    tag = getattr(pool, "paged_flex_pool", None)  # (the cache tensor it views, its layer)
+    if tag is not None and (tag[0] is cache.k or tag[0] is cache.v):
+        return tag[1]
+    return _pool_offset(cache, pool)
 
 # %% ../nbs/09_fms.ipynb #a4756b51
 def layer_step(step: PagedStep, sinks: torch.Tensor | None = None, window: int = 0) -> PagedStep:
@@ -277,6 +290,73 @@ def paged_forward(
             **paged_attn_kwargs(step),
         )
     return logits[0, -last_n_tokens:]  # FMS's GptOss has no last_n_tokens and returns every token's logits
+
+# %% ../nbs/09_fms.ipynb #b2e4d1ef
+def rotate_pairs(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    "`x` `[batch, tokens, heads, head_dim]` turned pair by pair by `freqs` `[batch, tokens, 1, head_dim/2]`."
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # [batch, tokens, heads, head_dim/2]
+    return torch.view_as_real(pairs * freqs).flatten(-2).type_as(x)
+
+
+class StepRotary:
+    "FMS's `RotaryEmbedding` as a complex table, and the rotation of the positions looked up last."
+
+    def __init__(self, rotary: RotaryEmbedding, max_len: int):
+        self.rotary, self.max_len = rotary, max_len
+        self.tables: dict = {}  # device -> [max_len, head_dim/2] complex64: cos + i sin
+        self.positions = None  # the position_ids [batch, tokens] looked up last
+        self.freqs = None  # their rotation [batch, tokens, 1, head_dim/2]
+
+    def table(self, device: torch.device) -> torch.Tensor:
+        "cos + i sin from FMS's rotation table, built once per device."
+        if device not in self.tables:
+            alpha = self.rotary.compute_freqs_cis(device, self.max_len)
+            # [len, head_dim/2, 2, 2]: [[cos, -sin], [sin, cos]] per position and pair
+            rot = self.rotary.cached_freqs[device.index][alpha]
+            self.tables[device] = torch.complex(rot[:, :, 0, 0].float(), rot[:, :, 1, 0].float())
+        return self.tables[device]
+
+    def lookup(self, position_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+        "The rotation `[batch, tokens, 1, head_dim/2]` of `position_ids` `[batch, tokens]`, kept."
+        self.positions = position_ids
+        self.freqs = self.table(device)[position_ids].unsqueeze(2)
+        return self.freqs
+
+# %% ../nbs/09_fms.ipynb #c3d5e2f0
+class LayerRotary(PositionEncoder):
+    "One layer's RoPE through the step's shared rotation: the first layer looks it up, the others reuse it."
+
+    def __init__(self, step: StepRotary, first: bool):
+        self.step, self.first = step, first
+
+    def adjusted_qk(self, q, k, position_ids=None, past_kv_state=None, use_cache=False):
+        if position_ids is None or position_ids.shape != q.shape[:2]:  # FMS's own positions: its code
+            return self.step.rotary.adjusted_qk(q, k, position_ids, past_kv_state, use_cache)
+        shared = not self.first and position_ids is self.step.positions
+        freqs = self.step.freqs if shared else self.step.lookup(position_ids, q.device)
+        return rotate_pairs(q, freqs), rotate_pairs(k, freqs)
+
+
+def _shareable(enc) -> bool:
+    "Whether `enc` is a RoPE whose table `StepRotary` reads: full rotation, interleaved pairs, one alpha."
+    return (
+        isinstance(enc, RotaryEmbedding)
+        and enc.partial_rope == 1.0
+        and enc.rope_type in ("regular", "llama3")
+    )
+
+
+def share_rope(model) -> int:
+    "Give each attention layer of FMS `model` a `LayerRotary` on one `StepRotary`, in place; counts them."
+    steps = {}  # id(FMS encoder) -> its StepRotary
+    for m in model.modules():  # in the layers' order: the first layer of each encoder looks up
+        enc = getattr(m, "position_encoder", None)
+        if _shareable(enc):
+            first = id(enc) not in steps
+            if first:
+                steps[id(enc)] = StepRotary(enc, model.config.max_expected_seq_len)
+            m.position_encoder = LayerRotary(steps[id(enc)], first)
+    return sum(isinstance(getattr(m, "position_encoder", None), LayerRotary) for m in model.modules())
 
 # %% ../nbs/09_fms.ipynb #b6922372
 SUPPORTED_ROPE = ("default", "llama3")
@@ -521,7 +601,8 @@ def check_weights(model, folder, architecture: str, source: str) -> None:
 # %% ../nbs/09_fms.ipynb #b6f7de39
 def load_llama(folder, device=None, dtype: torch.dtype | None = None):
     """`(model, tokenizer)`: FMS's model from a local HF folder of a decoder FMS runs on our op (LLaMA,
-    Mistral, Qwen3, Granite, Mixtral, gpt-oss), checked tensor by tensor, and its tokenizer (None if none).
+    Mistral, Qwen3, Granite, Mixtral, gpt-oss), checked tensor by tensor, its layers sharing one RoPE lookup
+    per forward, and its tokenizer (None if none).
     """
     folder, config = check_llama_folder(folder)
     device = torch.device(device) if device is not None else default_device()
@@ -540,6 +621,7 @@ def load_llama(folder, device=None, dtype: torch.dtype | None = None):
         get_model(architecture, variant, device_type="meta", **kwargs), folder, architecture, source
     )
     model = get_model(architecture, variant, device_type=device.type, **kwargs)
+    share_rope(model)  # RoPE's rotation looked up once per forward, not in every layer
     has_tokenizer = any(
         (folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
     )

@@ -9,6 +9,7 @@ from fms.modules.feedforward import GatedLinearUnit
 from fms.modules.layernorm import LayerNormParameterized
 from fms.modules.positions import PositionEncoder, RotaryEmbedding
 from .backends import TRITON_INTERPRETED, triton_available
+from .fms import LayerRotary
 
 # %% auto #0
 __all__ = ['FusedRMSNorm', 'FusedGatedLinearUnit', 'FusedRotaryEmbedding', 'fuse_llama']
@@ -147,6 +148,8 @@ def fuse_llama(model) -> dict:
                 )
                 done[kind] += 1
         enc = getattr(parent, "position_encoder", None)
+        if isinstance(enc, LayerRotary):  # load_llama's layers share one FMS encoder
+            enc = enc.step.rotary
         if _fusable(enc) == "rope":
             if id(enc) not in ropes:
                 ropes[id(enc)] = FusedRotaryEmbedding(enc, model.config.max_expected_seq_len)

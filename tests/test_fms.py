@@ -15,7 +15,11 @@ import transformers
 from transformers import LlamaForCausalLM
 
 from paged_flex.testing import poison
+from fms.modules.positions import RotaryEmbedding
+
 from paged_flex.fms import (
+    LayerRotary,
+    StepRotary,
     generate,
     load_llama,
     paged_cache_for,
@@ -25,6 +29,7 @@ from paged_flex.fms import (
     pool_layer,
     register_paged_attention,
     save_random_llama,
+    share_rope,
 )
 from paged_flex.pages import OutOfPagesError
 
@@ -203,6 +208,83 @@ def test_pool_layer_and_misuse(models, prompts):
             attn_name="paged_flex",
             paged_step=step,
         )
+
+
+def test_pool_layer_reads_the_tag_and_refuses_another_cache(models):
+    model, _, _ = models
+    cache, other = fresh_cache(model), fresh_cache(model)
+    states = paged_kv_states(cache)
+    assert [pool_layer(cache, v) for _, v in states] == [0, 1, 2]
+    assert [pool_layer(cache, cache.k[i]) for i in (2, 0)] == [2, 0]  # untagged: from the offset
+    with pytest.raises(ValueError, match="expected one layer's pool"):
+        pool_layer(other, states[1][0])  # tagged for `cache`, not for `other`
+
+
+def test_rope_looked_up_once_per_forward(models, prompts):
+    model, _, _ = models
+    layers = [m.position_encoder for m in model.modules() if hasattr(m, "position_encoder")]
+    assert [type(e) for e in layers] == [LayerRotary] * 3 and [e.first for e in layers] == [
+        True,
+        False,
+        False,
+    ]
+    assert len({id(e.step) for e in layers}) == 1 and share_rope(model) == 3
+    step_rotary = layers[0].step
+    lookups = []
+    lookup = step_rotary.lookup
+    step_rotary.lookup = lambda *a: lookups.append(a[0].shape) or lookup(*a)
+    fms_calls = []
+    fms_rope = step_rotary.rotary.adjusted_qk
+    step_rotary.rotary.adjusted_qk = lambda *a, **kw: fms_calls.append(1) or fms_rope(*a, **kw)
+    try:
+        cache = fresh_cache(model)
+        prefill(model, cache, prompts)
+        for s, p in prompts.items():
+            cache.reserve(s, len(p) + 1)
+        paged_forward(
+            model, [5] * len(prompts), paged_step(cache, list(prompts), [len(p) for p in prompts.values()])
+        )
+    finally:
+        del step_rotary.lookup, step_rotary.rotary.adjusted_qk
+    n = sum(map(len, prompts.values()))
+    assert lookups == [torch.Size([1, n]), torch.Size([1, len(prompts)])]  # one per forward, not per layer
+    assert fms_calls == []
+
+
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        {},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+        {
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 2.0,
+            "high_freq_factor": 8.0,
+            "original_max_position_embeddings": 128,
+        },
+    ],
+)
+def test_shared_rope_equals_fms_per_layer(scaling):
+    rot = RotaryEmbedding(dim=64, ratio=500000.0, max_seq_len=2048, scaling=scaling)
+    step = StepRotary(rot, 2048)
+    layers = [LayerRotary(step, i == 0) for i in range(4)]
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randint(0, 2048, (1, 37), generator=g)
+    for _ in range(2):  # two forwards over one position buffer, refilled in place as a CUDA graph's is
+        for layer in layers:
+            qkv = torch.randn(1, 37, (9 + 3 + 3) * 64, generator=g)  # FMS's fused projection, split
+            q, k, _ = qkv.split([9 * 64, 3 * 64, 3 * 64], dim=-1)
+            q, k = q.view(1, 37, 9, 64), k.view(1, 37, 3, 64)
+            for ours, theirs in zip(layer.adjusted_qk(q, k, pos), rot.adjusted_qk(q, k, pos)):
+                assert max_diff(ours, theirs) < 1e-6
+        pos.copy_(torch.randint(0, 2048, (1, 37), generator=g))
 
 
 def test_loader_errors(tmp_path, models):
