@@ -18,7 +18,7 @@ from .mods import variant_kinds
 # %% auto #0
 __all__ = ['bucket', 'StepMetadata', 'decode_block_mask', 'prefill_block_mask', 'logical_mods', 'with_mask_mod', 'step_metadata',
            'PagedStep', 'attention_step', 'flex_paged_attention', 'step_grid', 'key_slots', 'GatherGrid', 'gather_grid',
-           'gather_paged_attention', 'paged_attention']
+           'select_rows', 'gather_paged_attention', 'paged_attention']
 
 # %% ../nbs/05_paged_attention.ipynb #b3696d15
 def bucket(n: int, minimum: int = 16) -> int:
@@ -267,8 +267,9 @@ def flex_paged_attention(
     n_pad = meta.q_seq.shape[0]
     qp = q.new_zeros(n_pad, H, D)
     qp[:n] = q
-    k = cache.k[layer].view(-1, cache.num_kv_heads, D).transpose(0, 1).unsqueeze(0)  # [1, kv_heads, slots, D]
-    v = cache.v[layer].view(-1, cache.num_kv_heads, D).transpose(0, 1).unsqueeze(0)
+    kp, vp = cache.pool(layer)  # fp8 pages: dequantized copies (FlexAttention wants one dtype)
+    k = kp.view(-1, cache.num_kv_heads, D).transpose(0, 1).unsqueeze(0)  # [1, kv_heads, slots, D]
+    v = vp.view(-1, cache.num_kv_heads, D).transpose(0, 1).unsqueeze(0)
     if meta.decode:
         qq = qp.unsqueeze(2)  # [B, H, 1, D]; KV batch 1 broadcasts
     else:
@@ -362,6 +363,13 @@ def grid(self: PagedStep) -> GatherGrid:
     return self._grid
 
 # %% ../nbs/05_paged_attention.ipynb #e2b2e493
+def select_rows(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    "`rows[index]` along dim 0, fp8 rows as bytes (the CPU has no fp8 `index_select` on every path)."
+    if rows.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        return rows.view(torch.uint8).index_select(0, index).view(rows.dtype)
+    return rows.index_select(0, index)
+
+
 def gather_paged_attention(
     q: torch.Tensor,  # [tokens, num_heads, head_dim]
     cache: PagedKVCache,
@@ -382,10 +390,10 @@ def gather_paged_attention(
     g = gather_grid(cache, seq_ids, positions) if grid is None else grid
     S, L = g.slots.shape
     pools = (cache.k[layer] if k_pool is None else k_pool, cache.v[layer] if v_pool is None else v_pool)
-    k, v = (
-        p.reshape(-1, KV * D).index_select(0, g.slots.flatten()).view(S, L, KV, D).transpose(1, 2)
-        for p in pools
-    )
+    k, v = (select_rows(p.view(-1, KV, D), g.slots.flatten()) for p in pools)  # [S * L, KV, D]
+    if k_pool is None and cache.quantized:  # only the step's rows are scaled back
+        k, v = cache.dequantize(layer, k, v)
+    k, v = (x.view(S, L, KV, D).transpose(1, 2) for x in (k, v))
     if g.decode:
         qs = q.unsqueeze(2)  # [seqs, H, 1, D]
     else:

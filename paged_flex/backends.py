@@ -70,6 +70,7 @@ class Backend:
     cuda_graph: bool = False  # can be captured in a CUDA graph (no host sync, no host-built tensors)
     block_mask: bool = False  # needs the step's FlexAttention BlockMask
     dtypes: tuple | None = None  # None: any
+    fp8: bool = True  # reads fp8 pages (kv_cache_dtype="fp8"), scaling them back
     head_dims: str = "any"  # in words, for errors
     head_dim_ok: Callable[[int], bool] | None = None
     page_sizes: str = "any"
@@ -103,13 +104,17 @@ class AttentionCase:
     decode: bool
     cuda_graph: bool = False
     variant: frozenset = frozenset()  # what the step's mods need (`variant_kinds`)
+    kv_dtype: torch.dtype | None = None  # what the pages store, if not `dtype` (fp8)
+
+    fp8 = property(lambda self: self.kv_dtype not in (None, self.dtype))
 
     def __str__(self):
         graph = " in a CUDA graph" if self.cuda_graph else ""
         graph += f" with {', '.join(sorted(self.variant))}" if self.variant else ""
         return (
             f"a {'decode' if self.decode else 'prefill'} step{graph} on device {self.device.type} "
-            f"({self.dtype}, head_dim {self.head_dim}, page_size {self.page_size})"
+            f"({self.dtype}{f' over {self.kv_dtype} pages' if self.fp8 else ''}, head_dim {self.head_dim}, "
+            f"page_size {self.page_size})"
         )
 
 
@@ -126,6 +131,8 @@ def why_not(backend: Backend, case: AttentionCase) -> str | None:
         return f"does not run {', '.join(sorted(case.variant - backend.variants))}"
     if backend.dtypes is not None and case.dtype not in backend.dtypes:
         return f"needs dtype {' or '.join(str(d) for d in backend.dtypes)}, not {case.dtype}"
+    if case.fp8 and not backend.fp8:
+        return "does not read fp8 pages"
     if backend.head_dim_ok is not None and not backend.head_dim_ok(case.head_dim):
         return f"needs head_dim {backend.head_dims}, not {case.head_dim}"
     if backend.page_size_ok is not None and not backend.page_size_ok(case.page_size):
@@ -143,7 +150,7 @@ def select_backend(
     cache, decode: bool, requested: str = "auto", cuda_graph: bool = False, variant: frozenset = frozenset()
 ) -> str:
     """The registry name of the backend that runs this step on `cache` (anything with device, dtype,
-    head_dim, page_size).
+    head_dim, page_size, and optionally kv_dtype).
     """
     names = ["auto", *dict.fromkeys(b.family for b in BACKENDS.values()), *BACKENDS]
     if requested not in names:
@@ -156,6 +163,7 @@ def select_backend(
         decode,
         cuda_graph,
         frozenset(variant),
+        getattr(cache, "kv_dtype", None),
     )
     reasons = []
     for b in BACKENDS.values():
@@ -213,8 +221,8 @@ class _GradThroughGather(torch.autograd.Function):
         s, layer = ctx.step, ctx.layer
         with torch.enable_grad():  # the pools' values as they are now: later layers write other layers' pages
             qd = q.detach().requires_grad_()
-            kd = s.cache.k[layer].detach().requires_grad_()
-            vd = s.cache.v[layer].detach().requires_grad_()
+            fp8 = s.cache.quantized  # fp8 pages: dequantized copies, which take no gradient
+            kd, vd = (p if fp8 else p.detach().requires_grad_() for p in s.cache.pool(layer))
             out = gather_paged_attention(
                 qd,
                 s.cache,
@@ -228,8 +236,8 @@ class _GradThroughGather(torch.autograd.Function):
                 v_pool=vd,
                 grid=s.grid(),
             )
-            gq, gk, gv = torch.autograd.grad(out, (qd, kd, vd), grad)
-        return gq, gk, gv, None, None, None, None
+            gq, *gkv = torch.autograd.grad(out, (qd,) if fp8 else (qd, kd, vd), grad)
+        return gq, *(gkv or (None, None)), None, None, None, None
 
 # %% ../nbs/05a_backends.ipynb #04671a9f
 def _gather(q, step, layer, scale):
@@ -339,6 +347,7 @@ register_backend(
         decode=False,
         variants=_PREFILL_VARIANTS,
         dtypes=_HALF,
+        fp8=False,  # its TMA tiles feed wgmma in the query's dtype: fp8 prefill goes to triton_prefill
         head_dims="64 or 128",
         head_dim_ok=lambda d: d in (64, 128),
         page_sizes="8, 16, 32, 64 or a multiple of 128",

@@ -6,12 +6,14 @@
 from __future__ import annotations
 from dataclasses import dataclass, asdict
 import torch
+from fastcore.basics import patch
 import torch.nn.functional as F
 from .pages import PageAllocator, OutOfPagesError
 from .block_tables import BlockTables, pages_needed, check_page_size, check_positive_int
 
 # %% auto #0
-__all__ = ['default_device', 'CacheStats', 'PagedKVCache', 'reference_attention']
+__all__ = ['FP8_KV_DTYPES', 'KV_CACHE_DTYPES', 'default_device', 'CacheStats', 'kv_storage_dtype', 'quantize_kv', 'PagedKVCache',
+           'reference_attention']
 
 # %% ../nbs/02_cache.ipynb #2c48b7c8
 def default_device() -> torch.device:
@@ -36,6 +38,27 @@ class CacheStats:
     def as_dict(self) -> dict:
         return asdict(self)
 
+# %% ../nbs/02_cache.ipynb #be4f6b08
+FP8_KV_DTYPES = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+KV_CACHE_DTYPES = ("auto", *FP8_KV_DTYPES)  # vLLM's names; "auto": the cache's dtype
+
+
+def kv_storage_dtype(kv_cache_dtype: str, dtype: torch.dtype) -> torch.dtype:
+    "The dtype pages store for vLLM's `kv_cache_dtype` name: `dtype` itself for 'auto'."
+    if kv_cache_dtype == "auto":
+        return dtype
+    if kv_cache_dtype not in FP8_KV_DTYPES:
+        raise ValueError(
+            f"kv_cache_dtype={kv_cache_dtype!r} is not a KV cache dtype; expected one of {KV_CACHE_DTYPES}"
+        )
+    return FP8_KV_DTYPES[kv_cache_dtype]
+
+
+def quantize_kv(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    "`x` `[tokens, kv_heads, head_dim]` / `scale` `[kv_heads]` in fp8 `dtype`, clamped to its range."
+    big = torch.finfo(dtype).max  # e5m2 would overflow to inf, e4m3fn to NaN on some paths: clamp first
+    return (x.float() / scale[:, None]).clamp(-big, big).to(dtype)
+
 # %% ../nbs/02_cache.ipynb #539b2b88
 class PagedKVCache:
     "A global paged KV cache: `num_pages` pages of `page_size` tokens, shared by all layers and sequences."
@@ -51,6 +74,7 @@ class PagedKVCache:
         device=None,
         max_seqs: int = 256,
         max_seq_len: int | None = None,
+        kv_cache_dtype: str = "auto",  # vLLM's names: "auto" (the dtype's), "fp8" = "fp8_e4m3", "fp8_e5m2"
     ):
         for name, val in (
             ("num_layers", num_layers),
@@ -65,6 +89,7 @@ class PagedKVCache:
         self.page_size = check_page_size(page_size)
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.kv_cache_dtype, self.kv_dtype = kv_cache_dtype, kv_storage_dtype(kv_cache_dtype, self.dtype)
         self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
         self.allocator = PageAllocator(num_pages)
         self.max_seq_len = max_seq_len or min(num_pages * page_size, 131072)
@@ -73,12 +98,16 @@ class PagedKVCache:
         )
         shape = (num_layers, num_pages, page_size, num_kv_heads, head_dim)
         self.k = torch.zeros(
-            shape, dtype=self.dtype, device=self.device
+            shape, dtype=self.kv_dtype, device=self.device
         )  # [layers, pages, page_size, kv_heads, head_dim]
-        self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
+        # fp8 pages hold k / k_scale: one float32 scale per layer and KV head (1.0 until set_kv_scales)
+        self.k_scale = torch.ones(num_layers, num_kv_heads, device=self.device)  # [layers, kv_heads]
+        self.v_scale = torch.ones(num_layers, num_kv_heads, device=self.device)
         # kernel name -> what it keeps per cache (e.g. TMA descriptors of the pools)
         self.kernel_state: dict = {}
 
+    quantized = property(lambda self: self.kv_dtype != self.dtype)  # fp8 pages, read through scales
     num_pages = property(lambda self: self.allocator.num_pages)
     num_free_pages = property(lambda self: self.allocator.num_free)
     max_seqs = property(lambda self: self.block_tables.max_seqs)
@@ -167,8 +196,14 @@ class PagedKVCache:
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         "Unchecked ASSIGN: `k`, `v` `[tokens, kv_heads, head_dim]` into `slots` `[tokens]` of `layer`."
-        self.k[layer].view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, slots, k)
-        self.v[layer].view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, slots, v)
+        for pool, x, scale in ((self.k, k, self.k_scale), (self.v, v, self.v_scale)):
+            rows = pool[layer].view(-1, self.num_kv_heads, self.head_dim)
+            if self.quantized:  # fp8 as bytes: index_copy_ has no fp8 kernel on the CPU
+                rows, x = (
+                    rows.view(torch.uint8),
+                    quantize_kv(x, scale[layer], self.kv_dtype).view(torch.uint8),
+                )
+            rows.index_copy_(0, slots, x)
 
     def assign(self, layer: int, seq_ids, positions, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write `k`, `v` `[tokens, kv_heads, head_dim]` at (seq_ids[i], positions[i]);
@@ -185,6 +220,11 @@ class PagedKVCache:
                 )
             if t.dtype != self.dtype:
                 raise ValueError(f"{name} has dtype {t.dtype}; this cache stores {self.dtype}")
+            if self.quantized and t.requires_grad:
+                raise ValueError(
+                    f"{name} requires grad, but fp8 pages (kv_cache_dtype={self.kv_cache_dtype!r}) hold no "
+                    f"gradients: use kv_cache_dtype='auto' to train"
+                )
         self.write(layer, self.slots(seq_ids, positions), k.to(self.device), v.to(self.device))
 
     def gather(self, layer: int, seq_id) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,7 +236,7 @@ class PagedKVCache:
         )
         k = self.k[layer, pages].reshape(-1, self.num_kv_heads, self.head_dim)[:n]
         v = self.v[layer, pages].reshape(-1, self.num_kv_heads, self.head_dim)[:n]
-        return k, v
+        return self.dequantize(layer, k, v) if self.quantized else (k, v)
 
     def stats(self) -> CacheStats:
         "Pages used and free, tokens stored, and the fraction of allocated slots that hold no token."
@@ -257,7 +297,9 @@ class PagedKVCache:
         s = self.stats()
         return (
             f"PagedKVCache(layers={self.num_layers}, kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "
-            f"pages={self.num_pages}x{self.page_size}, dtype={self.dtype}, device={self.device}, "
+            f"pages={self.num_pages}x{self.page_size}, dtype={self.dtype}, "
+            + (f"kv_cache_dtype={self.kv_cache_dtype!r}, " if self.quantized else "")
+            + f"device={self.device}, "
             f"seqs={s.num_seqs}, pages_used={s.pages_used}, waste={s.waste:.1%})"
         )
 
@@ -295,3 +337,35 @@ def reference_attention(
         o = F.scaled_dot_product_attention(qs, k, v, attn_mask=allowed.to(q.device), scale=scale)
         out[rows.to(q.device)] = o.transpose(0, 1)
     return out
+
+# %% ../nbs/02_cache.ipynb #e53c75e9
+@patch
+def set_kv_scales(self: PagedKVCache, k_scale, v_scale) -> None:
+    "Scales of fp8 pages: a number, one per layer `[layers]`, or `[layers, kv_heads]`; for later writes."
+    if not self.quantized:
+        raise ValueError(f"set_kv_scales needs fp8 pages; this cache stores {self.kv_dtype}")
+    for name, s, dst in (("k_scale", k_scale, self.k_scale), ("v_scale", v_scale, self.v_scale)):
+        t = torch.as_tensor(s, dtype=torch.float32)
+        if t.ndim == 1 and t.numel() == self.num_layers:
+            t = t[:, None]
+        if t.ndim > 2 or not torch.isfinite(t).all() or (t <= 0).any():
+            raise ValueError(f"{name} must be positive and finite, per layer [and KV head], got {s!r}")
+        try:
+            dst.copy_(t.expand_as(dst))
+        except RuntimeError:
+            raise ValueError(f"{name} of shape {list(t.shape)} fits neither [layers] nor {list(dst.shape)}")
+
+
+@patch
+def dequantize(self: PagedKVCache, layer: int, k: torch.Tensor, v: torch.Tensor):
+    "fp8 keys and values `[..., kv_heads, head_dim]` of `layer` back in the cache's dtype, scaled."
+    ks, vs = self.k_scale[layer][:, None].to(self.dtype), self.v_scale[layer][:, None].to(self.dtype)
+    return k.to(self.dtype) * ks, v.to(self.dtype) * vs
+
+
+@patch
+def pool(self: PagedKVCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`layer`'s K and V pools `[num_pages, page_size, kv_heads, head_dim]` in the cache's dtype: views,
+    or dequantized copies of fp8 pages (a whole layer's memory: for paths that need plain tensors)."""
+    k, v = self.k[layer], self.v[layer]
+    return self.dequantize(layer, k, v) if self.quantized else (k, v)

@@ -9,7 +9,7 @@ from torch.nn.attention.flex_attention import BlockMask
 from .cache import PagedKVCache
 
 # %% auto #0
-__all__ = ['random_case', 'poison', 'check_block_mask']
+__all__ = ['random_case', 'poison', 'stale_nan', 'check_block_mask']
 
 # %% ../nbs/04b_testing.ipynb #d1f24dab
 def random_case(
@@ -25,6 +25,7 @@ def random_case(
     seed=0,
     spare_pages=8,
     bystanders=2,
+    kv_cache_dtype="auto",  # "fp8": fp8 pages with random per-head scales in [0.5, 2)
 ):
     """A cache with shuffled pages and random sequences, and a query batch:
     `(cache, q, seq_ids, positions, batch)`.
@@ -35,8 +36,12 @@ def random_case(
     lens[-1] = 1
     num_pages = sum(-(-n // page_size) for n in lens) + spare_pages
     cache = PagedKVCache(
-        1, num_kv_heads, head_dim, num_pages, page_size, dtype=dtype, device=device, max_seqs=64
+        1, num_kv_heads, head_dim, num_pages, page_size, dtype, device, 64, kv_cache_dtype=kv_cache_dtype
     )
+    if cache.quantized:
+        gs = torch.Generator().manual_seed(seed + 1)  # its own stream: the same keys as "auto"
+        draw = lambda: 0.5 + 1.5 * torch.rand(1, num_kv_heads, generator=gs)  # [1 layer, kv_heads]
+        cache.set_kv_scales(draw(), draw())
     cache.allocator._free = torch.randperm(num_pages, generator=g).tolist()
     for s, n in enumerate(lens):
         cache.reserve(s, n)
@@ -69,6 +74,14 @@ def poison(cache: PagedKVCache, keep_seqs, value=float("nan")) -> None:
     others = torch.tensor(others, dtype=torch.long, device=cache.device)
     cache.k[:, others] = value
     cache.v[:, others] = value
+
+
+def stale_nan(cache: PagedKVCache, seqs) -> None:
+    "NaN in the unwritten slots of each sequence's last page, in all layers, as a reused page may hold."
+    for s in seqs:
+        n, last = cache.length(s), cache.pages(s)[-1]
+        cache.k[:, last, (n - 1) % cache.page_size + 1 :] = float("nan")
+        cache.v[:, last, (n - 1) % cache.page_size + 1 :] = float("nan")
 
 # %% ../nbs/04b_testing.ipynb #1bcd06bb
 def check_block_mask(bm: BlockMask, allowed: torch.Tensor, q_len: int) -> None:

@@ -44,6 +44,8 @@ def _decode_split_kernel(
     WIN,
     SLOPES,
     SINKS,  # [H] int32 windows, [H] float32 ALiBi slopes, [H] float32 sink logits (if used)
+    KS,
+    VS,  # [kv_heads] float32 scales of fp8 pages (KV_SCALED)
     stride_qt,
     stride_qh,
     stride_kp,
@@ -67,6 +69,7 @@ def _decode_split_kernel(
     HAS_ALIBI: tl.constexpr,
     HAS_SINKS: tl.constexpr,
     FAST_TANH: tl.constexpr = False,
+    KV_SCALED: tl.constexpr = False,
 ):
     b, hk, sp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n_splits = tl.num_programs(2)
@@ -85,6 +88,8 @@ def _decode_split_kernel(
     start = lo + sp * tokens_per_split  # splits cover [lo, kv_len): only the pages the variant reads
     end = tl.minimum(start + tokens_per_split, kv_len)
     q = tl.load(Q + b * stride_qt + heads[:, None] * stride_qh + d[None, :], mask=(g < G)[:, None], other=0.0)
+    if KV_SCALED:  # fp8 pages hold k / k_scale: the scale joins the softmax's, once per program
+        sm_scale = sm_scale * tl.load(KS + hk)
     qk_scale = sm_scale * 1.4426950408889634  # softmax in base 2
     m_i = tl.full([G_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
@@ -96,7 +101,7 @@ def _decode_split_kernel(
         valid = n < end
         page = tl.load(BT + seq * stride_bt + n // P, mask=valid, other=0).to(tl.int64)
         row = page * stride_kp + (n % P) * stride_kn + hk * stride_kh  # [BLOCK_N] offsets of key rows
-        k = tl.load(K + row[:, None] + d[None, :], mask=valid[:, None], other=0.0)
+        k = tl.load(K + row[:, None] + d[None, :], mask=valid[:, None], other=0.0).to(q.dtype)
         if IEEE:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
@@ -120,12 +125,14 @@ def _decode_split_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + row[:, None] + d[None, :], mask=valid[:, None], other=0.0)
+        v = tl.load(V + row[:, None] + d[None, :], mask=valid[:, None], other=0.0).to(q.dtype)
         if IEEE:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
+    if KV_SCALED:  # and v_scale multiplies the sum of p * v once
+        acc = acc * tl.load(VS + hk)
     hmask = (g < G)[:, None]
     if SINGLE:
         den = l_i
@@ -252,6 +259,8 @@ def paged_decode(
         win,
         slopes,
         sinks,
+        cache.k_scale[layer],
+        cache.v_scale[layer],
         q.stride(0),
         q.stride(1),
         k.stride(0),
@@ -275,6 +284,7 @@ def paged_decode(
         HAS_ALIBI=var["alibi"] is not None,
         HAS_SINKS=var["sinks"] is not None,
         FAST_TANH=q.is_cuda and q.dtype != torch.float32,
+        KV_SCALED=cache.quantized,
         num_warps=num_warps,
         num_stages=num_stages,
     )

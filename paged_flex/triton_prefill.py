@@ -88,7 +88,7 @@ def _attend_block(
     d = tl.arange(0, D)
     if TMA:  # one lookup: the block's first slot, then bulk copies
         row = tl.load(BT + seq * stride_bt + (j * BLOCK_N) // P).to(tl.int32) * P + (j * BLOCK_N) % P
-        k = kd.load([row, hk * D])
+        k = kd.load([row, hk * D]).to(q.dtype)  # fp8 pages: to the query's dtype (scaled in the kernel)
     else:
         if DIAGONAL:
             ok = n < kv_end
@@ -97,9 +97,9 @@ def _attend_block(
             page = tl.load(BT + seq * stride_bt + n // P).to(tl.int64)
         kv_row = page * stride_kp + (n % P) * stride_kn + hk * stride_kh
         if DIAGONAL:
-            k = tl.load(K + kv_row[:, None] + d[None, :], mask=ok[:, None], other=0.0)
+            k = tl.load(K + kv_row[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(q.dtype)
         else:
-            k = tl.load(K + kv_row[:, None] + d[None, :])
+            k = tl.load(K + kv_row[:, None] + d[None, :]).to(q.dtype)
     if IEEE:
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
     else:
@@ -124,12 +124,12 @@ def _attend_block(
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     if TMA:
-        v = vd.load([row, hk * D])
+        v = vd.load([row, hk * D]).to(q.dtype)
     else:
         if DIAGONAL:
-            v = tl.load(V + kv_row[:, None] + d[None, :], mask=ok[:, None], other=0.0)
+            v = tl.load(V + kv_row[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(q.dtype)
         else:
-            v = tl.load(V + kv_row[:, None] + d[None, :])
+            v = tl.load(V + kv_row[:, None] + d[None, :]).to(q.dtype)
     if IEEE:
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
     else:
@@ -156,6 +156,8 @@ def _prefill_kernel(
     WIN,  # [H] int32 windows (HAS_WINDOW)
     SLOPES,  # [H] float32 ALiBi slopes (HAS_ALIBI)
     SINKS,  # [H] float32 sink logits (HAS_SINKS)
+    KS,
+    VS,  # [kv_heads] float32 scales of fp8 pages (KV_SCALED)
     softcap,
     chunk,
     KV: tl.constexpr,
@@ -173,6 +175,7 @@ def _prefill_kernel(
     HAS_ALIBI: tl.constexpr = False,
     HAS_SINKS: tl.constexpr = False,
     FAST_TANH: tl.constexpr = False,
+    KV_SCALED: tl.constexpr = False,
 ):
     tile, hg = tl.program_id(0), tl.program_id(1)  # hg: a group of GP query heads that share one KV head
     hk = (hg * GP) // G
@@ -198,6 +201,8 @@ def _prefill_kernel(
         )
     else:
         kd, vd = K, V
+    if KV_SCALED:  # fp8 pages hold k / k_scale: the scale joins the softmax's
+        sm_scale = sm_scale * tl.load(KS + hk)
     qk_scale = sm_scale * 1.4426950408889634
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -292,6 +297,8 @@ def _prefill_kernel(
     den = l_i
     if HAS_SINKS:  # the sink's exp(logit) joins the denominator and brings no value
         den = den + tl.exp2(tl.load(SINKS + head_row) * 1.4426950408889634 - m_i)
+    if KV_SCALED:
+        acc = acc * tl.load(VS + hk)
     out = acc / den[:, None]
     tl.store(O + q_ptr, out.to(O.dtype.element_ty), mask=q_ok[:, None])
 
@@ -436,6 +443,8 @@ def paged_prefill(
         cache.block_table.stride(0),
         scale,
         *(var[n] if var[n] is not None else cache.block_table for n in ("window", "alibi", "sinks")),
+        cache.k_scale[layer],
+        cache.v_scale[layer],
         float(var["softcap"]) or 1.0,
         int(var["chunk"]) or 1,
         KV=cache.num_kv_heads,
@@ -453,6 +462,7 @@ def paged_prefill(
         HAS_ALIBI=var["alibi"] is not None,
         HAS_SINKS=var["sinks"] is not None,
         FAST_TANH=q.is_cuda and q.dtype != torch.float32,
+        KV_SCALED=cache.quantized,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
