@@ -234,9 +234,14 @@ def model_kv_shape(model) -> tuple[int, int, int]:
 
 
 def paged_cache_for(
-    model, num_pages: int, page_size: int = 16, max_seqs: int = 256, max_seq_len: int | None = None
+    model,
+    num_pages: int,
+    page_size: int = 16,
+    max_seqs: int = 256,
+    max_seq_len: int | None = None,
+    kv_cache_dtype: str = "auto",
 ) -> PagedKVCache:
-    "A `PagedKVCache` shaped for FMS `model`, on its device and in its dtype."
+    "A `PagedKVCache` shaped for FMS `model`, on its device and in its dtype (pages in `kv_cache_dtype`)."
     p = next(model.parameters())
     return PagedKVCache(
         *model_kv_shape(model),
@@ -246,6 +251,7 @@ def paged_cache_for(
         device=p.device,
         max_seqs=max_seqs,
         max_seq_len=max_seq_len or model.config.max_expected_seq_len,
+        kv_cache_dtype=kv_cache_dtype,
     )
 
 
