@@ -15,7 +15,7 @@ import torch
 from fastcore.basics import patch
 from fastcore.meta import delegates
 from tqdm.auto import tqdm
-from .cache import PagedKVCache, default_device
+from .cache import PagedKVCache, default_device, kv_storage_dtype
 from .scheduler import Scheduler, SchedulerConfig, Sequence, StepPlan
 from paged_flex.fms import (
     load_llama,
@@ -365,6 +365,7 @@ class LLMEngine:
         max_model_len: int | None = None,  # vLLM's name of `max_seq_len`
         gpu_memory_utilization: float | None = None,  # CUDA only: the free memory's fraction for KV pages
         tensor_parallel_size: int = 1,  # rank processes over torch.distributed (notebook 16)
+        kv_cache_dtype: str = "auto",  # vLLM's: "auto" (the model's dtype), "fp8" = "fp8_e4m3", "fp8_e5m2"
     ):
         model_path = resolve_alias("model", model, "model_path", model_path)
         max_seq_len = resolve_alias("max_model_len", max_model_len, "max_seq_len", max_seq_len)
@@ -375,6 +376,12 @@ class LLMEngine:
         self.device = torch.device(device) if device is not None else default_device()
         self._check_kv_budget(kv_cache_memory, gpu_memory_utilization)
         tp = check_positive_int("tensor_parallel_size", tensor_parallel_size)
+        kv_storage_dtype(kv_cache_dtype, torch.float32)  # a bad name fails before the model loads
+        if tp > 1 and kv_cache_dtype != "auto":
+            raise ValueError(
+                f"kv_cache_dtype={kv_cache_dtype!r} runs with tensor_parallel_size=1 only; the ranks' pages "
+                f"store the model's dtype"
+            )
         if tp > 1 and (score_mod is not None or mask_mod is not None):
             raise ValueError(
                 "tensor_parallel_size > 1 runs the checkpoint's own attention variant only: "
@@ -397,7 +404,7 @@ class LLMEngine:
         self.num_scheduler_steps = check_positive_int("num_scheduler_steps", num_scheduler_steps)
         self.dtype = next(self.model.parameters()).dtype
         self.page_size = check_page_size(DEFAULT_PAGE_SIZE if page_size is None else page_size)
-        per_page = kv_bytes_per_page(self.model, self.page_size, self.dtype)
+        per_page = kv_bytes_per_page(self.model, self.page_size, kv_storage_dtype(kv_cache_dtype, self.dtype))
         if kv_cache_memory is None:
             kv_cache_memory = self._default_kv_memory(gpu_memory_utilization)
         num_pages = int(kv_cache_memory // per_page)
@@ -423,7 +430,12 @@ class LLMEngine:
             )
         else:
             self.cache = paged_cache_for(
-                self.model, num_pages, self.page_size, max_seqs=max_num_seqs + 1, max_seq_len=max_seq_len
+                self.model,
+                num_pages,
+                self.page_size,
+                max_seqs=max_num_seqs + 1,
+                max_seq_len=max_seq_len,
+                kv_cache_dtype=kv_cache_dtype,
             )
         self.scheduler_config = SchedulerConfig(
             max_num_seqs=max_num_seqs,
@@ -461,7 +473,8 @@ class LLMEngine:
             f"LLMEngine(device={self.device}, dtype={self.dtype}, "
             f"pages={self.cache.num_pages}x{self.page_size}, "
             f"max_num_seqs={self.scheduler_config.max_num_seqs}, "
-            f"kv={self.cache.stats().bytes_total / 2**30:.2f} GiB)"
+            + (f"kv_cache_dtype={self.cache.kv_cache_dtype!r}, " if self.cache.quantized else "")
+            + f"kv={self.cache.stats().bytes_total / 2**30:.2f} GiB)"
         )
 
 # %% ../nbs/11_engine.ipynb #a408447d
