@@ -11,14 +11,14 @@ import torch
 from .engine import LLM, SamplingParams, RequestOutput
 from .fms import check_llama_folder
 from .waste import kv_bytes_per_token
+from .cache import KV_CACHE_DTYPES, kv_storage_dtype
 
 # %% auto #0
-__all__ = ['W1_CONFIG', 'PEERS', 'W5_CONFIG', 'W5_PEERS', 'DEVICE_PEAKS', 'KV_CACHE_DTYPES', 'FP8_KV_CACHE_DTYPES',
-           'SMALL_CONFIG', 'WORKLOADS', 'PANELS', 'random_prompts', 'random_model_folder', 'environment', 'run_w1',
-           'free_memory', 'attempt', 'hf_generate_padded', 'hf_generate_batch', 'fms_generate_contiguous', 'run_peer',
-           'run_peers', 'run_w1_peers', 'run_w2', 'run_arrivals', 'run_w3', 'run_w4', 'hf_kv_shape', 'Peaks',
-           'w5_floor', 'run_w5', 'check_kv_cache_dtype', 'run_w5_capacity', 'check_out_path', 'run_workloads',
-           'run_w5_workloads', 'run_bench', 'plot_bench']
+__all__ = ['W1_CONFIG', 'PEERS', 'W5_CONFIG', 'W5_PEERS', 'DEVICE_PEAKS', 'SMALL_CONFIG', 'WORKLOADS', 'PANELS', 'random_prompts',
+           'random_model_folder', 'environment', 'run_w1', 'free_memory', 'attempt', 'hf_generate_padded',
+           'hf_generate_batch', 'fms_generate_contiguous', 'run_peer', 'run_peers', 'run_w1_peers', 'run_w2',
+           'run_arrivals', 'run_w3', 'run_w4', 'hf_kv_shape', 'Peaks', 'w5_floor', 'run_w5', 'check_kv_cache_dtype',
+           'run_w5_capacity', 'check_out_path', 'run_workloads', 'run_w5_workloads', 'run_bench', 'plot_bench']
 
 # %% ../nbs/14_benchmarks.ipynb #da749f66
 W1_CONFIG = dict(
@@ -463,23 +463,10 @@ def run_w5(llm: LLM, prompts: list[list[int]], new_tokens: int = 128, floor: dic
     return res
 
 # %% ../nbs/14_benchmarks.ipynb #6791cf6b
-KV_CACHE_DTYPES = ("auto",)  # vLLM's names; "auto": the model's dtype
-FP8_KV_CACHE_DTYPES = ("fp8", "fp8_e4m3", "fp8_e5m2")
-
-
 def check_kv_cache_dtype(kv_cache_dtype: str) -> str:
-    "`kv_cache_dtype` if the paged cache can store keys and values in it, else a ValueError saying why."
-    if kv_cache_dtype in KV_CACHE_DTYPES:
-        return kv_cache_dtype
-    if kv_cache_dtype in FP8_KV_CACHE_DTYPES:
-        raise ValueError(
-            f"kv_cache_dtype={kv_cache_dtype!r}: fp8 KV is not supported yet; the paged cache stores keys "
-            f"and values in the model's dtype (kv_cache_dtype='auto')"
-        )
-    raise ValueError(
-        f"kv_cache_dtype={kv_cache_dtype!r} is not a KV cache dtype; expected one of "
-        f"{KV_CACHE_DTYPES + FP8_KV_CACHE_DTYPES}"
-    )
+    "`kv_cache_dtype` if the paged cache stores that vLLM KV cache dtype (notebook 02), else a ValueError."
+    kv_storage_dtype(kv_cache_dtype, torch.float32)
+    return kv_cache_dtype
 
 # %% ../nbs/14_benchmarks.ipynb #30faa7bc
 def _paged_run(llm: LLM, prompts: list[list[int]], new_tokens: int) -> dict:
@@ -511,13 +498,15 @@ def run_w5_capacity(
     kv_cache_memory: int | None = None,
     vocab: int = 128256,
     max_num_batched_tokens: int = 16384,
+    fms_peer: bool | None = None,  # None: beside kv_cache_dtype "auto" only (FMS's cache has no fp8)
 ) -> dict:
     """Each of `counts` requests at once with prompts of each of `lengths`, through our paged cache, then
     FMS's contiguous cache: time, the KV bytes needed, or where memory ran out."""
     check_kv_cache_dtype(kv_cache_dtype)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     per_token = kv_bytes_per_token(
-        *hf_kv_shape(json.loads((Path(folder) / "config.json").read_text())), dtype
+        *hf_kv_shape(json.loads((Path(folder) / "config.json").read_text())),
+        kv_storage_dtype(kv_cache_dtype, dtype),
     )
     cases = [(L, n, random_prompts(n, L, L, vocab, seed=L)) for L in lengths for n in counts]
     case = lambda cache, L, n: {
@@ -534,26 +523,29 @@ def run_w5_capacity(
         max_num_seqs=max(counts),
         max_num_batched_tokens=max_num_batched_tokens,
         max_seq_len=max(lengths) + new_tokens,
+        kv_cache_dtype=kv_cache_dtype,
     )
-    pool_GB = llm.cache.stats().bytes_total / 1e9
+    pool_GB, pool_tokens = llm.cache.stats().bytes_total / 1e9, llm.cache.num_pages * llm.cache.page_size
     runs = [
         {**case("paged", L, n), **attempt(device, lambda: _paged_run(llm, p, new_tokens))}
         for L, n, p in cases
     ]
     del llm
     free_memory(device)
-    generate = fms_generate_contiguous(folder, device, dtype)
-    for L, n, p in cases:
-        runs.append(
-            {
-                **case("fms_contiguous", L, n),
-                **attempt(device, lambda: _timed_generate(device, generate, p, new_tokens)),
-            }
-        )
+    if kv_cache_dtype == "auto" if fms_peer is None else fms_peer:
+        generate = fms_generate_contiguous(folder, device, dtype)
+        for L, n, p in cases:
+            runs.append(
+                {
+                    **case("fms_contiguous", L, n),
+                    **attempt(device, lambda: _timed_generate(device, generate, p, new_tokens)),
+                }
+            )
     return {
         "kv_cache_dtype": kv_cache_dtype,
         "kv_bytes_per_token": per_token,
         "paged_kv_pool_GB": pool_GB,
+        "paged_kv_pool_tokens": pool_tokens,
         "runs": runs,
     }
 
@@ -656,7 +648,14 @@ def run_workloads(
 
 # %% ../nbs/14_benchmarks.ipynb #9c13f152
 def run_w5_workloads(
-    folder, vocab: int, workloads, dev: torch.device, dtype: torch.dtype, small: bool, peers: bool
+    folder,
+    vocab: int,
+    workloads,
+    dev: torch.device,
+    dtype: torch.dtype,
+    small: bool,
+    peers: bool,
+    kv_cache_dtype: str = "auto",  # of the capacity run
 ) -> dict:
     "W5 with its peers and its capacity run on the model in `folder`; `small` shrinks them for a CPU."
     results, config = {}, json.loads((Path(folder) / "config.json").read_text())
@@ -689,6 +688,7 @@ def run_w5_workloads(
             kv_cache_memory=2**19 if small else None,
             vocab=vocab,
             max_num_batched_tokens=128 if small else 16384,
+            kv_cache_dtype=kv_cache_dtype,
         )
     return results
 

@@ -6,19 +6,26 @@ from paged_flex.cache import PagedKVCache
 
 
 def scattered_decode_case(
-    B: int, L: int, P: int, hq: int, hkv: int, d: int, dtype, device, spare: float = 0.25
+    B: int,
+    L: int,
+    P: int,
+    hq: int,
+    hkv: int,
+    d: int,
+    dtype,
+    device,
+    spare: float = 0.25,
+    kv_cache_dtype="auto",
 ):
     """One decode step's inputs: q [B, hq, d], contiguous k, v [B, hkv, L, d], and the same keys and values in
     a PagedKVCache of page size P whose pages are handed out in a random order from a pool with `spare` pages
-    to spare; also the int32 sequence rows [B] and last positions [B]. Seed `random` and torch before
-    calling."""
+    to spare (pages in `kv_cache_dtype`); also the int32 sequence rows [B] and last positions [B]. Seed
+    `random` and torch before calling."""
     q = torch.randn(B, hq, d, device=device, dtype=dtype)
     k = torch.randn(B, hkv, L, d, device=device, dtype=dtype)
     v = torch.randn_like(k)
     n_pages = int(B * L // P * (1 + spare))
-    cache = PagedKVCache(
-        1, hkv, d, n_pages, P, dtype=dtype, device=device, max_seqs=max(B, 16), max_seq_len=L
-    )
+    cache = PagedKVCache(1, hkv, d, n_pages, P, dtype, device, max(B, 16), L, kv_cache_dtype=kv_cache_dtype)
     cache.allocator._free = random.sample(range(n_pages), n_pages)
     for b in range(B):
         cache.reserve(b, L)
