@@ -50,7 +50,9 @@ for kv in ("fp8_e4m3", "fp8_e5m2"):
             ref = reference_attention(q, c, 0, ids, pos)
             poison(c, batch)
             stale_nan(c, batch)
-            for backend in ("triton", "gather", "flex"):
+            for backend in ("triton", "gather") + (
+                ("flex",) if P == 16 and seed == 0 else ()
+            ):  # flex compiles
                 o = paged_attention(q, c, 0, ids, pos, backend=backend)
                 e = ((o.double() - ref).norm() / ref.norm()).item()
                 ok = not o.isnan().any().item() and e < 2e-2
