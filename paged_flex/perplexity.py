@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 from .block_tables import check_positive_int, pages_needed
-from .cache import PagedKVCache
+from .cache import PagedKVCache, kv_storage_dtype
 from .fms import paged_cache_for, paged_forward, paged_step
 
 # %% auto #0
@@ -129,13 +129,23 @@ def token_nll(
     batch: int = 2,
     cache: PagedKVCache | None = None,
     backend: str = "auto",
+    kv_cache_dtype: str = "auto",
     progress: bool = False,
 ) -> torch.Tensor:
     """NLL `[scored tokens]` (float64, text order) of FMS `model` on `windows` of `token_ids`:
-    paged, or contiguous SDPA."""
+    paged (pages in `kv_cache_dtype`), or contiguous SDPA."""
     ids = _check_inputs(model, token_ids, windows)
     check_positive_int("chunk", chunk)
     check_positive_int("batch", batch)
+    kv_storage_dtype(kv_cache_dtype, torch.float32)  # the cache's own error for an unknown name
+    if kv_cache_dtype != "auto" and not paged:
+        raise ValueError(
+            f"kv_cache_dtype={kv_cache_dtype!r} needs paged=True: the contiguous path has no cache"
+        )
+    if kv_cache_dtype != "auto" and cache is not None and kv_cache_dtype != cache.kv_cache_dtype:
+        raise ValueError(
+            f"kv_cache_dtype={kv_cache_dtype!r}, but the given cache stores {cache.kv_cache_dtype!r} pages"
+        )
     bar = tqdm(
         total=len(windows), disable=not progress, desc="paged" if paged else "contiguous", unit=" windows"
     )
@@ -154,6 +164,7 @@ def token_nll(
                 page_size=16,
                 max_seqs=batch,
                 max_seq_len=longest,
+                kv_cache_dtype=kv_cache_dtype,
             )
         for g in range(0, len(windows), batch):
             out += _paged_nll(model, ids, windows[g : g + batch], cache, chunk, backend)

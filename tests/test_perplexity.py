@@ -3,7 +3,8 @@
 A random 2-layer GQA LLaMA (vocabulary 300) on random tokens, fp32 on the CPU: the windows score every token
 but the first once, the paged path (chunked prefill, several windows per step, scattered pages) gives the
 contiguous path's per-token NLL, both give Hugging Face's guide loop, and the perplexity sees context and
-order. One check on SmolLM2 and Wikipedia skips when those assets are absent.
+order. fp8 KV pages (`kv_cache_dtype`) move the perplexity of a sharp model's own greedy text a little, pages
+clamped by a far too small scale a lot. One check on SmolLM2 and Wikipedia skips when those assets are absent.
 """
 
 from __future__ import annotations
@@ -120,6 +121,38 @@ def test_own_greedy_text_is_easy_and_needs_context(tmp_path):
     no_context = perplexity(sharp, text, 16, 16)
     assert own < 100 and shuffled > 10 * own and no_context > 5 * own, (own, shuffled, no_context)
     assert perplexity(sharp, text, 64, 16, paged=False) == pytest.approx(own, abs=TOL)
+
+
+@pytest.mark.parametrize("kv_cache_dtype, tol", [("fp8_e4m3", 0.05), ("fp8", 0.05), ("fp8_e5m2", 0.2)])
+def test_fp8_pages_stay_close_and_clamped_pages_do_not(tmp_path, kv_cache_dtype, tol):
+    sharp, _ = load_llama(
+        save_random_llama(tmp_path / "sharp", tokenizer=False, initializer_range=0.2), device="cpu"
+    )
+    prompt = list(range(10, 18))
+    text = (
+        prompt
+        + generate(sharp, None, [prompt], paged_cache_for(sharp, 32), max_new_tokens=120, eos_token_id=[])[0]
+    )
+    own = perplexity(sharp, text, 64, 16)
+    fp8 = perplexity(sharp, text, 64, 16, kv_cache_dtype=kv_cache_dtype)
+    assert math.isfinite(fp8) and fp8 != own and abs(fp8 / own - 1) < tol, (own, fp8)
+    clamped = paged_cache_for(sharp, num_pages=20, max_seqs=2, kv_cache_dtype=kv_cache_dtype)
+    scale = 0.05 / torch.finfo(clamped.kv_dtype).max
+    clamped.set_kv_scales(scale, scale)  # every |k|, |v| above 0.05 clamps to 0.05
+    assert perplexity(sharp, text, 64, 16, cache=clamped) > 3 * own
+
+
+def test_kv_cache_dtype_errors(llama, ids):
+    model, _ = llama
+    windows = sliding_windows(len(ids), 64, 32)
+    with pytest.raises(ValueError, match="kv_cache_dtype='int8' is not a KV cache dtype"):
+        token_nll(model, ids, windows, kv_cache_dtype="int8")
+    with pytest.raises(ValueError, match="needs paged=True"):
+        perplexity(model, ids, 64, 32, paged=False, kv_cache_dtype="fp8")
+    cache = paged_cache_for(model, num_pages=40, max_seqs=2, kv_cache_dtype="fp8_e5m2")
+    with pytest.raises(ValueError, match="given cache stores 'fp8_e5m2' pages"):
+        token_nll(model, ids, windows, cache=cache, kv_cache_dtype="fp8_e4m3")
+    assert torch.isfinite(token_nll(model, ids, windows, cache=cache, kv_cache_dtype="fp8_e5m2")).all()
 
 
 def test_errors_and_pages_on_failure(llama, ids):
