@@ -70,6 +70,7 @@ def _decode_split_kernel(
     HAS_SINKS: tl.constexpr,
     FAST_TANH: tl.constexpr = False,
     KV_SCALED: tl.constexpr = False,
+    F16_DOT: tl.constexpr = False,
 ):
     b, hk, sp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n_splits = tl.num_programs(2)
@@ -88,6 +89,8 @@ def _decode_split_kernel(
     start = lo + sp * tokens_per_split  # splits cover [lo, kv_len): only the pages the variant reads
     end = tl.minimum(start + tokens_per_split, kv_len)
     q = tl.load(Q + b * stride_qt + heads[:, None] * stride_qh + d[None, :], mask=(g < G)[:, None], other=0.0)
+    if F16_DOT:  # bf16 queries over fp8 pages: fp16 dots, since fp8 converts to fp16 in one instruction
+        q = q.to(tl.float16)
     if KV_SCALED:  # fp8 pages hold k / k_scale: the scale joins the softmax's, once per program
         sm_scale = sm_scale * tl.load(KS + hk)
     qk_scale = sm_scale * 1.4426950408889634  # softmax in base 2
@@ -285,6 +288,7 @@ def paged_decode(
         HAS_SINKS=var["sinks"] is not None,
         FAST_TANH=q.is_cuda and q.dtype != torch.float32,
         KV_SCALED=cache.quantized,
+        F16_DOT=cache.quantized and q.dtype == torch.bfloat16,
         num_warps=num_warps,
         num_stages=num_stages,
     )

@@ -176,6 +176,7 @@ def _prefill_kernel(
     HAS_SINKS: tl.constexpr = False,
     FAST_TANH: tl.constexpr = False,
     KV_SCALED: tl.constexpr = False,
+    F16_DOT: tl.constexpr = False,
 ):
     tile, hg = tl.program_id(0), tl.program_id(1)  # hg: a group of GP query heads that share one KV head
     hk = (hg * GP) // G
@@ -201,6 +202,8 @@ def _prefill_kernel(
         )
     else:
         kd, vd = K, V
+    if F16_DOT:  # bf16 queries over fp8 pages: fp16 dots, since fp8 converts to fp16 in one instruction
+        q = q.to(tl.float16)
     if KV_SCALED:  # fp8 pages hold k / k_scale: the scale joins the softmax's
         sm_scale = sm_scale * tl.load(KS + hk)
     qk_scale = sm_scale * 1.4426950408889634
@@ -463,6 +466,7 @@ def paged_prefill(
         HAS_SINKS=var["sinks"] is not None,
         FAST_TANH=q.is_cuda and q.dtype != torch.float32,
         KV_SCALED=cache.quantized,
+        F16_DOT=cache.quantized and q.dtype == torch.bfloat16,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )

@@ -109,6 +109,16 @@ for P, B, L in [(P, B, L) for P in (16, 128) for B, L in GRID]:
             row["fp8_vs_bf16_keys_rel_err"] = rel(o, reference(q, k, v))
             row["fp8_ok"] = not o.isnan().any().item() and row["fp8_rel_err"] < 1e-2
         t = do_bench(g.replay, warmup=25, rep=100, return_mode="median") * 1e3
+        if kv == "fp8":  # the kernel's tile size and pipeline depth for one-byte pages
+            row["fp8_configs_us"] = {}
+            for bn, ns in ((64, 3), (128, 2), (128, 3)):
+                g2, _ = graphed(
+                    lambda: paged_decode(q, cache, 0, seq, last, max_len=L, block_n=bn, num_stages=ns)
+                )
+                row["fp8_configs_us"][f"block_n={bn},num_stages={ns}"] = (
+                    do_bench(g2.replay, warmup=25, rep=100, return_mode="median") * 1e3
+                )
+                del g2
         nbytes = 2 * B * L * HKV * D * cache.k.element_size()
         row[f"{kv}_us"] = t
         row[f"{kv}_bytes"] = nbytes
@@ -123,7 +133,8 @@ for P, B, L in [(P, B, L) for P in (16, 128) for B, L in GRID]:
         f"P={P:3d} {B:2d}x{L:5d}: fp8 {row['fp8_us']:7.1f} us "
         f"({row['fp8_of_copy_same_bytes']:.0%} of a same-size copy, {row['fp8_of_peak_copy']:.0%} of peak), "
         f"bf16 pages {row['auto_us']:7.1f} us ({row['auto_of_copy_same_bytes']:.0%}), "
-        f"SDPA {row['sdpa_us']:7.1f} us; fp8 err {row['fp8_rel_err']:.1e} "
+        f"SDPA {row['sdpa_us']:7.1f} us; fp8 err {row['fp8_rel_err']:.1e}; other fp8 configs "
+        f"{ {k: round(v, 1) for k, v in row['fp8_configs_us'].items()} } "
         f"ok={row['fp8_ok']} ({time.time() - T0:.0f} s)",
         flush=True,
     )
