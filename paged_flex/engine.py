@@ -657,7 +657,7 @@ def step(self: LLMEngine) -> list[RequestOutput]:
     try:
         if plan.num_steps > 1:
             sampled = any(s.params.temperature > 0 for s in plan.logit_seqs)  # else the runner's argmax
-            choose = (lambda logits: self.sampler.next_tokens(plan.logit_seqs, logits)) if sampled else None
+            choose = self.sampler.chooser(plan.logit_seqs, self.device) if sampled else None
             out = self.runner.run_decode_steps(plan, st.timings, choose)
             t2 = time.perf_counter()
             tokens = out.tolist()

@@ -17,7 +17,7 @@ from .fms import check_sampling
 # %% auto #0
 __all__ = ['RequestOutputKind', 'check_number', 'check_count', 'SamplingParams', 'Logprob', 'token_counts', 'apply_penalties',
            'hold_back', 'apply_min_p', 'apply_top_k_top_p', 'sample_rows', 'sample_id', 'SamplerOutput', 'Sampler',
-           'held_ids', 'device_sampled']
+           'held_ids', 'draw_params', 'draw_rows', 'device_sampled']
 
 # %% ../nbs/11a_sampling.ipynb #f573866d
 class RequestOutputKind(Enum):
@@ -243,18 +243,33 @@ def held_ids(seq) -> list[int]:
     return sorted(set(seq.stop_ids) | set(eos))
 
 # %% ../nbs/11a_sampling.ipynb #45dc9c32
+def draw_params(ps: list, device) -> tuple:
+    """Rows' sampling parameters on `device`: temperature `[R, 1]`, min_p `[R]`, top_k `[R]` (0: all), top_p
+    `[R]`, each None where no row uses it; made once per plan in multi-step plans."""
+    per_row = lambda v, dtype=torch.float32: torch.tensor(v, dtype=dtype, device=device)
+    temperature = per_row([p.temperature for p in ps])[:, None]
+    min_p = per_row([p.min_p for p in ps]) if any(p.min_p > 0 for p in ps) else None
+    cut = any(p.top_k is not None or p.top_p < 1 for p in ps)
+    top_k = per_row([p.top_k or 0 for p in ps], torch.long) if cut else None
+    return temperature, min_p, top_k, per_row([p.top_p for p in ps]) if cut else None
+
+
+def draw_rows(x: torch.Tensor, params: tuple, generators: list[torch.Generator]) -> torch.Tensor:  # [R]
+    "A token per row of processed logits `x` [R, vocab] under `draw_params`, row r with `generators[r]`."
+    temperature, min_p, top_k, top_p = params
+    x = x / temperature
+    if min_p is not None:
+        x = apply_min_p(x, min_p)
+    if top_k is not None:
+        x = apply_top_k_top_p(x, torch.where(top_k > 0, top_k, x.shape[-1]), top_p)
+    return sample_rows(x, generators)
+
+
 @patch
 def draw(self: Sampler, x: torch.Tensor, samples: list[tuple[Any, int]]) -> torch.Tensor:  # [R]
     "Sample a token per row of processed logits `x` [R, vocab]; row r is sample `samples[r] = (seq, index)`."
-    dev, ps = x.device, [s.params for s, _ in samples]
-    per_row = lambda v, dtype=torch.float32: torch.tensor(v, dtype=dtype, device=dev)
-    x = x / per_row([p.temperature for p in ps])[:, None]
-    if any(p.min_p > 0 for p in ps):
-        x = apply_min_p(x, per_row([p.min_p for p in ps]))
-    if any(p.top_k is not None or p.top_p < 1 for p in ps):
-        k = per_row([p.top_k or x.shape[-1] for p in ps], torch.long)
-        x = apply_top_k_top_p(x, k, per_row([p.top_p for p in ps]))
-    return sample_rows(x, [self.generator(s, i, dev) for s, i in samples])
+    params = draw_params([s.params for s, _ in samples], x.device)
+    return draw_rows(x, params, [self.generator(s, i, x.device) for s, i in samples])
 
 # %% ../nbs/11a_sampling.ipynb #9fcf7605
 @patch
@@ -314,11 +329,21 @@ def device_sampled(seq) -> bool:
 
 
 @patch
+def chooser(self: Sampler, seqs: list, device):
+    """`next_tokens` for every step of a multi-step plan over `device_sampled` rows `seqs`: the rows'
+    parameters go to the device once, so no step copies from the host (a pageable copy waits for the GPU)."""
+    drawn = [r for r, s in enumerate(seqs) if s.params.temperature > 0]
+    if not drawn:
+        return lambda logits: logits.argmax(-1)
+    idx = torch.tensor(drawn, device=device)
+    params = draw_params([seqs[r].params for r in drawn], device)
+    generators = [self.generator(seqs[r], 0, device) for r in drawn]
+    return lambda logits: logits.argmax(-1).index_copy(
+        0, idx, draw_rows(logits[idx].float(), params, generators)
+    )
+
+
+@patch
 def next_tokens(self: Sampler, seqs: list, logits: torch.Tensor) -> torch.Tensor:  # [B] on the device
     "Tokens of `device_sampled` rows `seqs` from `logits` [B, vocab], no host sync: argmax, or drawn."
-    tokens = logits.argmax(-1)
-    drawn = [r for r, s in enumerate(seqs) if s.params.temperature > 0]
-    if drawn:
-        idx = torch.tensor(drawn, device=logits.device)
-        tokens = tokens.index_copy(0, idx, self.draw(logits[idx].float(), [(seqs[r], 0) for r in drawn]))
-    return tokens
+    return self.chooser(seqs, logits.device)(logits)
