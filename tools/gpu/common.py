@@ -3,6 +3,7 @@
 import random
 import torch
 from paged_flex.cache import PagedKVCache
+from paged_flex.testing import stale_nan  # noqa: F401  (the GPU scripts take it from here)
 
 
 def scattered_decode_case(
@@ -93,11 +94,16 @@ def graphed(fn):
     return g, out
 
 
-def stale_nan(cache, seqs):
-    "NaN in the slots past each sequence's end, in its last page: what a reused page may hold."
-    for s in seqs:
-        n, P = cache.length(s), cache.page_size
-        if n % P:
-            last = cache.pages(s)[-1]
-            cache.k[:, last, n % P :] = float("nan")
-            cache.v[:, last, n % P :] = float("nan")
+_copy_us: dict = {}
+
+
+def copy_us(nbytes: int, device="cuda") -> float:
+    "Microseconds of a graphed device copy that moves `nbytes` in all (half read, half written)."
+    from triton.testing import do_bench
+
+    if nbytes not in _copy_us:
+        src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
+        dst = torch.empty_like(src)
+        g, _ = graphed(lambda: dst.copy_(src))
+        _copy_us[nbytes] = do_bench(g.replay, warmup=25, rep=100, return_mode="median") * 1e3
+    return _copy_us[nbytes]

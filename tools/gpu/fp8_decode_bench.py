@@ -15,7 +15,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import graphed, scattered_decode_case  # noqa: E402
+from common import copy_us, graphed, scattered_decode_case  # noqa: E402
 from paged_flex.attention import paged_attention  # noqa: E402
 from paged_flex.cache import reference_attention  # noqa: E402
 from paged_flex.testing import poison, random_case, stale_nan  # noqa: E402
@@ -69,17 +69,6 @@ res["copy_TBs"] = (
     2 * x.numel() / (do_bench(lambda: y.copy_(x), warmup=50, rep=200, return_mode="median") * 1e-3) / 1e12
 )
 del x, y
-_copy_us = {}
-
-
-def copy_us(nbytes: int) -> float:
-    "A graphed device copy that moves `nbytes` in all (half read, half written)."
-    if nbytes not in _copy_us:
-        src = torch.empty(nbytes // 2, dtype=torch.uint8, device=dev)
-        dst = torch.empty_like(src)
-        g, _ = graphed(lambda: dst.copy_(src))
-        _copy_us[nbytes] = do_bench(g.replay, warmup=25, rep=100, return_mode="median") * 1e3
-    return _copy_us[nbytes]
 
 
 def reference(q, k, v):

@@ -18,7 +18,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import graphed, scattered_decode_case, stale_nan
+from common import copy_us, graphed, scattered_decode_case, stale_nan
 from paged_flex.testing import random_case, poison
 from paged_flex.triton_decode import paged_decode
 from paged_flex.attention import paged_attention
@@ -179,19 +179,6 @@ def torch_reference(q, k, v, L, sm, mm):
     if sm is not None and "sinks" in sm.kernel:
         s = torch.cat([s, sm.kernel["sinks"].to(dev)[None, :, None].expand(B, HQ, 1)], -1)
     return torch.einsum("bhk,bhkd->bhd", torch.softmax(s, -1)[..., :L], vv)
-
-
-_copy_us = {}
-
-
-def copy_us(nbytes: int) -> float:
-    "A graphed device copy that reads and writes `nbytes` in all (the copy bandwidth at this size)."
-    if nbytes not in _copy_us:
-        src = torch.empty(nbytes // 2, dtype=torch.uint8, device=dev)
-        dst = torch.empty_like(src)
-        g, _ = graphed(lambda: dst.copy_(src))
-        _copy_us[nbytes] = do_bench(g.replay, warmup=25, rep=100, return_mode="median") * 1e3
-    return _copy_us[nbytes]
 
 
 flex_c = torch.compile(flex_attention, dynamic=False)
