@@ -278,7 +278,8 @@ def paged_forward(
     model, input_ids, step: PagedStep, last_n_tokens: int = 0, enable_grad: bool = False
 ) -> torch.Tensor:
     """FMS `model` on one packed step: `input_ids` `[tokens]` -> logits `[tokens or last_n_tokens, vocab]`
-    (with autograd when `enable_grad`: training over the paged cache)."""
+    (with autograd when `enable_grad`: training over the paged cache; else in inference mode, which skips
+    autograd's bookkeeping: 5% of a CPU decode step of SmolLM2)."""
     check_cache_fits(model, step.cache)
     if step.meta.max_len > model.config.max_expected_seq_len:  # RoPE's table ends there
         raise ValueError(
@@ -286,7 +287,7 @@ def paged_forward(
             f"{model.config.max_expected_seq_len}"
         )
     ids = torch.as_tensor(input_ids, device=step.cache.device).view(1, -1)  # [1, tokens]
-    with torch.set_grad_enabled(enable_grad):
+    with torch.enable_grad() if enable_grad else torch.inference_mode():
         logits, _ = model(
             ids,
             position_ids=step.positions.view(1, -1),

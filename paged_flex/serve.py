@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 import torch
 from fastcore.basics import patch
+from .cache import KV_CACHE_DTYPES
 from .engine import LLMEngine, RequestOutput, SamplingParams
 from .fms import encode_prompts
 
@@ -771,6 +772,12 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     for flag, text in sizes.items():
         s.add_argument(flag, type=int, default=None, help=text)
     s.add_argument("--num-scheduler-steps", type=int, default=16, help="decode steps per plan")
+    s.add_argument(
+        "--kv-cache-dtype",
+        default="auto",
+        choices=KV_CACHE_DTYPES,
+        help="fp8: half of bf16's KV bytes per token",
+    )
     s.add_argument("--backend", default="auto", help="attention backend (notebook 05a's registry)")
     switches = {
         "--no-prefix-caching": "do not share cached prompt pages",
@@ -814,6 +821,7 @@ def engine_kwargs(args) -> dict:
         cuda_graphs=not args.no_cuda_graphs,
         num_scheduler_steps=args.num_scheduler_steps,
         fused_kernels=not args.no_fused_kernels,
+        kv_cache_dtype=args.kv_cache_dtype,
     )
 
 # %% ../nbs/15_serve.ipynb #7ec42ef6
