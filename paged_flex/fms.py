@@ -31,7 +31,8 @@ __all__ = ['ATTN_NAME', 'SUPPORTED_ROPE', 'SUPPORTED_MODELS', 'SOURCES', 'paged_
            'check_cache_fits', 'paged_attn_kwargs', 'paged_forward', 'rotate_pairs', 'StepRotary', 'LayerRotary',
            'share_rope', 'fms_rope_scaling', 'check_llama_folder', 'gpt_oss_overrides', 'fms_overrides',
            'model_mask_mod', 'register_transformers_adapters', 'checkpoint_tensors', 'check_layers', 'check_weights',
-           'load_llama', 'save_random_llama', 'sample', 'check_sampling', 'encode_prompts', 'generate']
+           'get_model_args', 'load_llama', 'save_random_llama', 'sample', 'check_sampling', 'encode_prompts',
+           'generate']
 
 # %% ../nbs/09_fms.ipynb #476e6077
 def _check_positions(cache: PagedKVCache, ids: torch.Tensor, pos: torch.Tensor) -> None:
@@ -606,14 +607,10 @@ def check_weights(model, folder, architecture: str, source: str) -> None:
         )
 
 # %% ../nbs/09_fms.ipynb #b6f7de39
-def load_llama(folder, device=None, dtype: torch.dtype | None = None):
-    """`(model, tokenizer)`: FMS's model from a local HF folder of a decoder FMS runs on our op (LLaMA,
-    Mistral, Qwen3, Granite, Mixtral, gpt-oss), checked tensor by tensor, its layers sharing one RoPE lookup
-    per forward, and its tokenizer (None if none).
-    """
+def get_model_args(folder, dtype: torch.dtype) -> tuple[Path, str, str, dict]:
+    """`(folder, architecture, variant, kwargs)` of FMS's `get_model` for the HF `folder` (checked), with our
+    adaptations of its config: what `load_llama` and the tensor-parallel ranks (notebook 16) both load."""
     folder, config = check_llama_folder(folder)
-    device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     params = infer_model_configuration(str(folder), download_weights=False)  # FMS's reading of config.json
     architecture, variant = params.pop("architecture"), params.pop("variant")
     source = SOURCES.get(architecture, "hf")
@@ -624,8 +621,19 @@ def load_llama(folder, device=None, dtype: torch.dtype | None = None):
         "source": source,
         "data_type": dtype,
     }
+    return folder, architecture, variant, kwargs
+
+
+def load_llama(folder, device=None, dtype: torch.dtype | None = None):
+    """`(model, tokenizer)`: FMS's model from a local HF folder of a decoder FMS runs on our op (LLaMA,
+    Mistral, Qwen3, Granite, Mixtral, gpt-oss), checked tensor by tensor, its layers sharing one RoPE lookup
+    per forward, and its tokenizer (None if none).
+    """
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    folder, architecture, variant, kwargs = get_model_args(folder, dtype)
     check_weights(
-        get_model(architecture, variant, device_type="meta", **kwargs), folder, architecture, source
+        get_model(architecture, variant, device_type="meta", **kwargs), folder, architecture, kwargs["source"]
     )
     model = get_model(architecture, variant, device_type=device.type, **kwargs)
     share_rope(model)  # RoPE's rotation looked up once per forward, not in every layer

@@ -24,19 +24,18 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from fastcore.basics import patch
 from fms.models import get_model
-from fms.models.hf.utils import infer_model_configuration
 from fms.modules.attention import MultiHeadAttention
 from torch import nn
 from .block_tables import BlockTables, check_positive_int
 from .cache import PagedKVCache, default_device
 from .engine import ModelRunner
 from paged_flex.fms import (
-    SOURCES,
     check_llama_folder,
-    fms_overrides,
+    get_model_args,
     model_kv_shape,
     model_mask_mod,
     paged_cache_for,
+    share_rope,
 )
 from .scheduler import StepPlan
 
@@ -71,21 +70,12 @@ def kv_heads_of_rank(num_kv_heads: int, world_size: int, rank: int) -> list[int]
 # %% ../nbs/16_tensor_parallel.ipynb #33d8d8bb
 def load_shard(folder, group, dtype: torch.dtype) -> nn.Module:
     "This rank's shard of the model in HF `folder` under FMS's tensor parallelism over `group`, on the host."
-    folder, config = check_llama_folder(folder)
-    params = infer_model_configuration(str(folder), download_weights=False)  # FMS's reading of config.json
-    architecture, variant = params.pop("architecture"), params.pop("variant")
-    source = SOURCES.get(architecture, "hf")
-    kwargs = {
-        **params,
-        **fms_overrides(config),
-        "model_path": str(folder),
-        "source": source,
-        "data_type": dtype,
-    }
+    folder, architecture, variant, kwargs = get_model_args(folder, dtype)
     with contextlib.redirect_stdout(io.StringIO()):  # FMS prints 'using tensor parallel' on every rank
         model = get_model(
             architecture, variant, device_type="cpu", distributed_strategy="tp", group=group, **kwargs
         )
+    share_rope(model)  # as load_llama: RoPE's rotation looked up once per forward
     return model.eval()
 
 # %% ../nbs/16_tensor_parallel.ipynb #dee6cd17
