@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 from . import __version__
-from .cache import PagedKVCache, reference_attention, default_device
+from .cache import KV_CACHE_DTYPES, PagedKVCache, reference_attention, default_device
 from .attention import paged_attention
 from .block_tables import check_page_size, check_positive_int
 from .waste import uniform_lengths, contiguous_waste, kv_bytes_per_token
@@ -230,6 +230,9 @@ def generate_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
     g.add_argument("--json", action="store_true", help="one JSON object per sample instead of text")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    g.add_argument(
+        "--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES, help="fp8: KV pages of one byte a value"
+    )
     g.add_argument("--no-progress", action="store_true", help="nothing on stderr but errors")
     return g
 
@@ -309,14 +312,14 @@ def format_samples(prompt: str, out, as_json: bool = False) -> str:
     return "\n".join([f"> {prompt}", *texts, ""])
 
 # %% ../nbs/90_cli.ipynb #b07cfead
-def load_engine(folder: Path, device: torch.device, progress: bool = True):
+def load_engine(folder: Path, device: torch.device, progress: bool = True, kv_cache_dtype: str = "auto"):
     "An `LLMEngine` on `folder`'s model, telling on stderr what it loads and how long that took."
     from paged_flex.engine import LLMEngine
 
     t0 = time.perf_counter()
     if progress:
         print(f"loading {folder} on {device}", file=sys.stderr)
-    engine = LLMEngine(folder, device=device)
+    engine = LLMEngine(folder, device=device, kv_cache_dtype=kv_cache_dtype)
     if progress:
         print(f"loaded in {time.perf_counter() - t0:.1f} s: {engine!r}", file=sys.stderr)
     return engine
@@ -335,7 +338,7 @@ def generate_command(args) -> int:
         prompts = encoded_prompts(args, folder, config)
     except (ValueError, FileNotFoundError) as e:  # FileNotFoundError: no model folder, SmolLM2 not installed
         return fail(e)
-    engine = load_engine(folder, device, progress=not args.no_progress)
+    engine = load_engine(folder, device, not args.no_progress, args.kv_cache_dtype)
     try:
         outs = generate_outputs(engine, prompts, sp, progress=not args.no_progress)
     except ValueError as e:  # a request the engine refuses: -n > 1 where it frees pages behind a window

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import paged_flex
 from paged_flex.cli import Parser, main, parser
@@ -120,6 +121,24 @@ def test_generate_json_samples_equal_llm_generate(folders, capsys, monkeypatch):
             want = [o.outputs[0].text, o.outputs[0].token_ids, o.outputs[0].finish_reason]
             assert [rows[2 * i + j][k] for k in ("text", "token_ids", "finish_reason")] == want
     assert rows[0]["token_ids"] != rows[1]["token_ids"]  # the samples of a prompt differ
+
+
+def test_generate_kv_cache_dtype_fp8_reaches_the_engine(folders, capsys, monkeypatch):
+    "`--kv-cache-dtype fp8`: the engine's pages are fp8, and greedy text comes out; a bad name is one line."
+    caches, init = [], LLMEngine.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        caches.append(self.cache)
+
+    monkeypatch.setattr(LLMEngine, "__init__", spy)
+    argv = ["generate", "pages", "--model", folders["tiny"], "--device", "cpu", "--max-tokens", "4"]
+    assert main([*argv, "--kv-cache-dtype", "fp8", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("> pages\n")
+    assert [(c.kv_cache_dtype, c.k.dtype) for c in caches] == [("fp8", torch.float8_e4m3fn)]
+    assert main([*argv, "--kv-cache-dtype", "int4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid choice: 'int4'" in err, err
 
 
 def test_generate_text_numbers_the_samples(folders, capsys):
