@@ -11,7 +11,7 @@ import torch
 from .engine import LLM, SamplingParams, RequestOutput
 from .fms import check_llama_folder
 from .waste import kv_bytes_per_token
-from .cache import KV_CACHE_DTYPES, kv_storage_dtype
+from .cache import KV_CACHE_DTYPES, default_dtype, kv_storage_dtype
 
 # %% auto #0
 __all__ = ['W1_CONFIG', 'PEERS', 'W5_CONFIG', 'W5_PEERS', 'DEVICE_PEAKS', 'SMALL_CONFIG', 'WORKLOADS', 'PANELS', 'random_prompts',
@@ -725,7 +725,7 @@ def run_bench(
         raise ValueError(f"unknown workloads {unknown}; expected some of {known}")
     out = check_out_path(out) if out else None  # before any workload runs
     dev = torch.device(device) if device else (torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    dtype = dtype or default_dtype(dev)
     res = {**environment(), "dtype": str(dtype), "small": small, "models": {}, "results": {}}
     with tempfile.TemporaryDirectory(prefix="paged_flex_bench_") as tmp:
         for group, run in (("w1-w4", run_workloads), ("w5", run_w5_workloads)):

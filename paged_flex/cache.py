@@ -12,13 +12,18 @@ from .pages import PageAllocator, OutOfPagesError
 from .block_tables import BlockTables, pages_needed, check_page_size, check_positive_int
 
 # %% auto #0
-__all__ = ['FP8_KV_DTYPES', 'KV_CACHE_DTYPES', 'default_device', 'CacheStats', 'kv_storage_dtype', 'quantize_kv', 'PagedKVCache',
-           'reference_attention']
+__all__ = ['FP8_KV_DTYPES', 'KV_CACHE_DTYPES', 'default_device', 'default_dtype', 'CacheStats', 'kv_storage_dtype', 'quantize_kv',
+           'PagedKVCache', 'reference_attention']
 
 # %% ../nbs/02_cache.ipynb #2c48b7c8
 def default_device() -> torch.device:
     "The GPU if there is one, else the CPU."
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device) -> torch.dtype:
+    "The dtype used where none is given: bfloat16 on a GPU, float32 elsewhere."
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ class PagedKVCache:
             check_positive_int("max_seq_len", max_seq_len)
         self.page_size = check_page_size(page_size)
         self.device = torch.device(device) if device is not None else default_device()
-        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.dtype = dtype or default_dtype(self.device)
         self.kv_cache_dtype, self.kv_dtype = kv_cache_dtype, kv_storage_dtype(kv_cache_dtype, self.dtype)
         self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
         self.allocator = PageAllocator(num_pages)

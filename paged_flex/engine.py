@@ -15,7 +15,7 @@ import torch
 from fastcore.basics import patch
 from fastcore.meta import delegates
 from tqdm.auto import tqdm
-from .cache import PagedKVCache, default_device, kv_storage_dtype
+from .cache import PagedKVCache, default_device, default_dtype, kv_storage_dtype
 from .scheduler import Scheduler, SchedulerConfig, Sequence, StepPlan
 from paged_flex.fms import (
     load_llama,
@@ -388,7 +388,7 @@ class LLMEngine:
                 "score_mod and mask_mod cannot be sent to the rank processes"
             )
         if tp > 1:  # the ranks load their shards; here a meta model, every tensor checked, no memory
-            dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+            dtype = dtype or default_dtype(self.device)
         self.model, self.tokenizer = load_llama(model_path, "meta" if tp > 1 else self.device, dtype)
         if mask_mod is None:  # the checkpoint's own variant (a Mistral's sliding window), unless one is given
             mask_mod = model_mask_mod(model_path)

@@ -19,7 +19,7 @@ from fms.utils import serialization
 from safetensors import safe_open
 from tokenizers import ByteLevelBPETokenizer
 from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-from .cache import PagedKVCache, default_device
+from .cache import PagedKVCache, default_device, default_dtype
 from .block_tables import check_positive_int
 from .attention import PagedStep, attention_step
 from .backends import BACKENDS, attend, select_backend
@@ -630,7 +630,7 @@ def load_llama(folder, device=None, dtype: torch.dtype | None = None):
     per forward, and its tokenizer (None if none).
     """
     device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = dtype or default_dtype(device)
     folder, architecture, variant, kwargs = get_model_args(folder, dtype)
     check_weights(
         get_model(architecture, variant, device_type="meta", **kwargs), folder, architecture, kwargs["source"]

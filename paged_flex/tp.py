@@ -27,7 +27,7 @@ from fms.models import get_model
 from fms.modules.attention import MultiHeadAttention
 from torch import nn
 from .block_tables import BlockTables, check_positive_int
-from .cache import PagedKVCache, default_device
+from .cache import PagedKVCache, default_device, default_dtype
 from .engine import ModelRunner
 from paged_flex.fms import (
     check_llama_folder,
@@ -109,7 +109,7 @@ class ShardedKVCache(PagedKVCache):
         max_seq_len: int | None = None,
     ):
         device = torch.device(device) if device is not None else default_device()
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        dtype = dtype or default_dtype(device)
         super().__init__(
             num_layers, num_kv_heads, head_dim, num_pages, page_size, dtype, "meta", max_seqs, max_seq_len
         )
