@@ -280,7 +280,7 @@ def paged_forward(
 ) -> torch.Tensor:
     """FMS `model` on one packed step: `input_ids` `[tokens]` -> logits `[tokens or last_n_tokens, vocab]`
     (with autograd when `enable_grad`: training over the paged cache; else in inference mode, which skips
-    autograd's bookkeeping: 5% of a CPU decode step of SmolLM2)."""
+    autograd's bookkeeping: 4% of SmolLM2's batch-1 generate on the CPU, tools/cpu_inference_mode_ab.py)."""
     check_cache_fits(model, step.cache)
     if step.meta.max_len > model.config.max_expected_seq_len:  # RoPE's table ends there
         raise ValueError(
