@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from typing import Any
 from fastcore.basics import patch
 from torch.nn.attention.flex_attention import BlockMask, and_masks, flex_attention
-from .cache import PagedKVCache
+from .cache import FP8_KV_DTYPES, PagedKVCache
 from .masks import sequence_local_mask
 from .backends import BACKENDS, attend, select_backend
 from .mods import variant_kinds
@@ -365,7 +365,7 @@ def grid(self: PagedStep) -> GatherGrid:
 # %% ../nbs/05_paged_attention.ipynb #e2b2e493
 def select_rows(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     "`rows[index]` along dim 0, fp8 rows as bytes (the CPU has no fp8 `index_select` on every path)."
-    if rows.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+    if rows.dtype in FP8_KV_DTYPES.values():
         return rows.view(torch.uint8).index_select(0, index).view(rows.dtype)
     return rows.index_select(0, index)
 
