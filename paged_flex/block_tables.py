@@ -69,6 +69,10 @@ class BlockTables:
         self._dropped: dict[
             int, int
         ] = {}  # seq_id -> leading pages given back while it runs (out of its window)
+        self._fresh: list[int] = []  # newly allocated pages, not yet handed to `on_fresh`
+        self.on_fresh = (
+            None  # called at flush with the fresh pages [n] int64 on the device (the cache zeroes them)
+        )
 
     def __contains__(self, seq_id) -> bool:
         return seq_id in self._pages
@@ -101,8 +105,9 @@ class BlockTables:
             raise KeyError(f"unknown sequence {seq_id!r} (never reserved, or already freed)")
         return seq_id
 
-    def extend(self, seq_id: int, new_pages: list[int], new_len: int) -> None:
-        "Append `new_pages` to the table of `seq_id` (created if new) and set its length to `new_len`."
+    def extend(self, seq_id: int, new_pages: list[int], new_len: int, fresh: bool = False) -> None:
+        """Append `new_pages` to the table of `seq_id` (created if new) and set its length to `new_len`;
+        `fresh`: the pages were just allocated, and go to `on_fresh` at the next flush."""
         pages = self._pages.setdefault(self.check_id(seq_id), [])
         start = len(pages)
         if start + len(new_pages) > self.max_pages_per_seq:
@@ -115,6 +120,8 @@ class BlockTables:
             self._new_entries[seq_id, i] = page
             self._new_logical[page] = i
         pages.extend(new_pages)
+        if fresh:
+            self._fresh.extend(new_pages)
         if self._lens.get(seq_id) != new_len:
             self._lens[seq_id] = new_len
             self._lens_stale = True
@@ -155,19 +162,28 @@ class BlockTables:
         return self._page_logical
 
     def flush(self) -> None:
-        """Send the entries written since the last flush to the device:
+        """Send the entries written since the last flush to the device, and the fresh pages to `on_fresh`:
         one copy, two scatters (a CUDA graph reading the tables calls this before it replays)."""
         if not self._new_entries:
             return
         rows, cols = zip(*self._new_entries)
         n, m = len(rows), len(self._new_logical)
         flat = torch.tensor(
-            [*rows, *cols, *self._new_entries.values(), *self._new_logical, *self._new_logical.values()],
+            [
+                *rows,
+                *cols,
+                *self._new_entries.values(),
+                *self._new_logical,
+                *self._new_logical.values(),
+                *self._fresh,
+            ],
             dtype=torch.int64,
         ).to(self._table.device)
-        self._new_entries, self._new_logical = {}, {}
+        self._new_entries, self._new_logical, fresh, self._fresh = {}, {}, self._fresh, []
         self._table[flat[:n], flat[n : 2 * n]] = flat[2 * n : 3 * n].to(torch.int32)
-        self._page_logical[flat[3 * n : 3 * n + m]] = flat[3 * n + m :].to(torch.int32)
+        self._page_logical[flat[3 * n : 3 * n + m]] = flat[3 * n + m : 3 * n + 2 * m].to(torch.int32)
+        if fresh and self.on_fresh is not None:
+            self.on_fresh(flat[3 * n + 2 * m :])
 
     @property
     def seq_lens(self) -> torch.Tensor:

@@ -4,6 +4,7 @@
 
 # %% ../nbs/02_cache.ipynb #1d5e91ff
 from __future__ import annotations
+import weakref
 from dataclasses import dataclass, asdict
 import torch
 from fastcore.basics import patch
@@ -111,6 +112,7 @@ class PagedKVCache:
         self.v_scale = torch.ones(num_layers, num_kv_heads, device=self.device)
         # kernel name -> what it keeps per cache (e.g. TMA descriptors of the pools)
         self.kernel_state: dict = {}
+        self._track_fresh()  # pages come from the pool zeroed
 
     quantized = property(lambda self: self.kv_dtype != self.dtype)  # fp8 pages, read through scales
     num_pages = property(lambda self: self.allocator.num_pages)
@@ -119,6 +121,16 @@ class PagedKVCache:
     block_table = property(lambda self: self.block_tables.table)  # [max_seqs, max_pages_per_seq] int32
     seq_lens = property(lambda self: self.block_tables.seq_lens)  # [max_seqs] int32
     page_logical = property(lambda self: self.block_tables.page_logical)  # [num_pages] int32
+
+    def _track_fresh(self) -> None:
+        "Have the block tables hand fresh pages to `zero_pages` at their flush, without keeping `self` alive."
+        ref = weakref.ref(self)  # the tables must not keep the cache's pools from being freed
+        self.block_tables.on_fresh = lambda pages: ref() is not None and ref().zero_pages(pages)
+
+    def zero_pages(self, pages: torch.Tensor) -> None:
+        "Zero `pages` `[n]` int64 (on the cache's device) in every layer of both pools."
+        for pool in (self.k, self.v):
+            (pool.view(torch.uint8) if pool.element_size() == 1 else pool).index_fill_(1, pages, 0)
 
     def __contains__(self, seq_id) -> bool:
         return seq_id in self.block_tables
@@ -148,7 +160,7 @@ class PagedKVCache:
         new_pages = self.allocator.allocate(
             max(0, pages_needed(num_tokens, self.page_size) - have), seq_id=seq_id
         )
-        self.block_tables.extend(seq_id, new_pages, num_tokens)
+        self.block_tables.extend(seq_id, new_pages, num_tokens, fresh=True)  # zeroed at the next flush
 
     def free(self, seq_id) -> None:
         "End `seq_id`: its pages go back to the pool at once (shared pages when their last owner goes)."
@@ -188,6 +200,7 @@ class PagedKVCache:
         if dst in self.block_tables:
             raise ValueError(f"sequence {dst} already exists; fork() needs a new id")
         full = n // self.page_size
+        self.block_tables.flush()  # the page to copy is zeroed first, if it is fresh
         new = self.allocator.allocate(len(pages) - full, seq_id=dst)  # 0 or 1 page; raises before any change
         self.allocator.share(pages[:full])
         if new:
@@ -235,6 +248,7 @@ class PagedKVCache:
     def gather(self, layer: int, seq_id) -> tuple[torch.Tensor, torch.Tensor]:
         "GATHER: `seq_id`'s keys and values as contiguous `[length, kv_heads, head_dim]` tensors."
         self._check_layer(layer)
+        self.block_tables.flush()  # fresh pages zeroed
         n, pages = (
             self.length(seq_id),
             torch.tensor(self.block_tables.pages(seq_id), dtype=torch.long, device=self.device),

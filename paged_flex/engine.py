@@ -40,9 +40,10 @@ from paged_flex.sampling import (
 )
 
 # %% auto #0
-__all__ = ['GRAPH_BATCHES', 'DEFAULT_PAGE_SIZE', 'CompletionOutput', 'RequestOutput', 'IncrementalDetokenizer', 'ModelRunner',
-           'DecodeGraph', 'graph_buckets', 'resolve_alias', 'kv_bytes_per_page', 'EngineStats', 'window_of',
-           'LLMEngine', 'LLM', 'StreamOutput', 'token_text']
+__all__ = ['GRAPH_BATCHES', 'DEFAULT_PAGE_SIZE', 'EXECUTOR_BACKENDS', 'CompletionOutput', 'RequestOutput',
+           'IncrementalDetokenizer', 'ModelRunner', 'DecodeGraph', 'graph_buckets', 'resolve_alias',
+           'kv_bytes_per_page', 'EngineStats', 'window_of', 'executor_backend', 'ranks_kv_budget', 'LLMEngine', 'LLM',
+           'StreamOutput', 'token_text']
 
 # %% ../nbs/11_engine.ipynb #1ef7127c
 @dataclass
@@ -340,6 +341,29 @@ def window_of(mask_mod) -> int | None:
     w = getattr(mask_mod, "kernel", {}).get("window")
     return int(w.max()) if isinstance(w, torch.Tensor) else w
 
+# %% ../nbs/11_engine.ipynb #60b5c87e
+EXECUTOR_BACKENDS = ("uni", "mp")  # vLLM's names: this process; rank processes over torch.distributed
+
+
+def executor_backend(name: str | None, tensor_parallel_size: int) -> str:
+    "vLLM's `distributed_executor_backend` for `name` (None: 'mp' under tensor parallelism, else 'uni')."
+    if name is None:
+        return "mp" if tensor_parallel_size > 1 else "uni"
+    if name not in EXECUTOR_BACKENDS:
+        raise ValueError(f"distributed_executor_backend={name!r}; expected one of {EXECUTOR_BACKENDS}")
+    if name == "uni" and tensor_parallel_size > 1:
+        raise ValueError(
+            f"tensor_parallel_size={tensor_parallel_size} needs rank processes: "
+            f"distributed_executor_backend='mp', not 'uni'"
+        )
+    return name
+
+
+def ranks_kv_budget(free_bytes: list[int], weight_bytes: int, utilization: float) -> int:
+    "KV bytes of all ranks' pools: `len(free_bytes)` times the tightest rank's share, after its weights."
+    n = len(free_bytes)
+    return n * max(0, min(int(utilization * (f - weight_bytes / n)) for f in free_bytes))
+
 # %% ../nbs/11_engine.ipynb #dbe3ffbb
 class LLMEngine:
     "vLLM's `LLMEngine` over the paged cache: one scheduler, runner, sampler and cache for the engine's life."
@@ -366,6 +390,8 @@ class LLMEngine:
         gpu_memory_utilization: float | None = None,  # CUDA only: the free memory's fraction for KV pages
         tensor_parallel_size: int = 1,  # rank processes over torch.distributed (notebook 16)
         kv_cache_dtype: str = "auto",  # vLLM's: "auto" (the model's dtype), "fp8" = "fp8_e4m3", "fp8_e5m2"
+        # vLLM's: "mp" (rank processes, notebook 16), "uni" (this process); None: "mp" if tensor parallel
+        distributed_executor_backend: str | None = None,
     ):
         model_path = resolve_alias("model", model, "model_path", model_path)
         max_seq_len = resolve_alias("max_model_len", max_model_len, "max_seq_len", max_seq_len)
@@ -376,20 +402,22 @@ class LLMEngine:
         self.device = torch.device(device) if device is not None else default_device()
         self._check_kv_budget(kv_cache_memory, gpu_memory_utilization)
         tp = check_positive_int("tensor_parallel_size", tensor_parallel_size)
+        self.distributed_executor_backend = executor_backend(distributed_executor_backend, tp)
+        multiproc = self.distributed_executor_backend == "mp"
         kv_storage_dtype(kv_cache_dtype, torch.float32)  # a bad name fails before the model loads
-        if tp > 1 and kv_cache_dtype != "auto":
+        if multiproc and kv_cache_dtype != "auto":
             raise ValueError(
-                f"kv_cache_dtype={kv_cache_dtype!r} runs with tensor_parallel_size=1 only; the ranks' pages "
-                f"store the model's dtype"
+                f"kv_cache_dtype={kv_cache_dtype!r} runs in one process only (tensor_parallel_size=1); "
+                f"the ranks' pages store the model's dtype"
             )
-        if tp > 1 and (score_mod is not None or mask_mod is not None):
+        if multiproc and (score_mod is not None or mask_mod is not None):
             raise ValueError(
-                "tensor_parallel_size > 1 runs the checkpoint's own attention variant only: "
-                "score_mod and mask_mod cannot be sent to the rank processes"
+                "rank processes (tensor parallel) run the checkpoint's own attention variant only: "
+                "score_mod and mask_mod cannot be sent to them"
             )
-        if tp > 1:  # the ranks load their shards; here a meta model, every tensor checked, no memory
+        if multiproc:  # the ranks load their shards; here a meta model, every tensor checked, no memory
             dtype = dtype or default_dtype(self.device)
-        self.model, self.tokenizer = load_llama(model_path, "meta" if tp > 1 else self.device, dtype)
+        self.model, self.tokenizer = load_llama(model_path, "meta" if multiproc else self.device, dtype)
         if mask_mod is None:  # the checkpoint's own variant (a Mistral's sliding window), unless one is given
             mask_mod = model_mask_mod(model_path)
         if getattr(mask_mod, "future", False):  # chunked prefill and shared prefix pages assume causal KV
@@ -397,7 +425,12 @@ class LLMEngine:
                 f"{mask_mod!r} reads keys after the query; the engine runs causal variants only "
                 f"(use paged_attention for prefix-LM)"
             )
-        if fused_kernels and tp == 1 and self.device.type == "cuda" and type(self.model).__name__ == "LLaMA":
+        if (
+            fused_kernels
+            and not multiproc
+            and self.device.type == "cuda"
+            and type(self.model).__name__ == "LLaMA"
+        ):
             from paged_flex.fused import fuse_llama  # Triton kernels: only where a GPU runs them
 
             fuse_llama(self.model)
@@ -406,7 +439,7 @@ class LLMEngine:
         self.page_size = check_page_size(DEFAULT_PAGE_SIZE if page_size is None else page_size)
         per_page = kv_bytes_per_page(self.model, self.page_size, kv_storage_dtype(kv_cache_dtype, self.dtype))
         if kv_cache_memory is None:
-            kv_cache_memory = self._default_kv_memory(gpu_memory_utilization)
+            kv_cache_memory = self._default_kv_memory(gpu_memory_utilization, tp if multiproc else None)
         num_pages = int(kv_cache_memory // per_page)
         if num_pages < 1:
             raise ValueError(
@@ -422,7 +455,7 @@ class LLMEngine:
             raise ValueError(f"max_seq_len={max_seq_len} is longer than the model's {model_len} positions")
         if max_num_batched_tokens is not None:
             check_positive_int("max_num_batched_tokens", max_num_batched_tokens)
-        if tp > 1:  # block tables here, each rank's KV heads in its own process
+        if multiproc:  # block tables here, each rank's KV heads in its own process
             from paged_flex.tp import sharded_cache_for
 
             self.cache = sharded_cache_for(
@@ -447,7 +480,7 @@ class LLMEngine:
             sliding_window=self._freeing_window(mask_mod, backend, score_mod),  # pages behind it are freed
         )
         self.scheduler = Scheduler(self.cache, self.scheduler_config)
-        if tp > 1:
+        if multiproc:
             from paged_flex.tp import MultiprocExecutor
 
             self.runner = MultiprocExecutor(model_path, self.cache, tp, backend, cuda_graphs)
@@ -497,12 +530,18 @@ def _check_kv_budget(self: LLMEngine, kv_cache_memory, gpu_memory_utilization) -
 
 
 @patch
-def _default_kv_memory(self: LLMEngine, gpu_memory_utilization: float | None) -> int:
-    "KV budget: `gpu_memory_utilization` (0.8 if None) of the free GPU memory after the weights; CPU: 1 GiB."
+def _default_kv_memory(
+    self: LLMEngine, gpu_memory_utilization: float | None, ranks: int | None = None
+) -> int:
+    """KV budget: `gpu_memory_utilization` (0.8 if None) of the free GPU memory after the weights; CPU: 1 GiB.
+    With `ranks` rank processes (not yet loaded): their GPUs' (`ranks_kv_budget`)."""
     if self.device.type != "cuda":
         return 2**30
-    free, _ = torch.cuda.mem_get_info(self.device)
-    return int(free * (0.8 if gpu_memory_utilization is None else gpu_memory_utilization))
+    utilization = 0.8 if gpu_memory_utilization is None else gpu_memory_utilization
+    if ranks is None:
+        return int(torch.cuda.mem_get_info(self.device)[0] * utilization)
+    weights = sum(p.numel() * p.element_size() for p in self.model.parameters())  # a meta model's
+    return ranks_kv_budget([torch.cuda.mem_get_info(r)[0] for r in range(ranks)], weights, utilization)
 
 # %% ../nbs/11_engine.ipynb #9306d21f
 @patch

@@ -26,6 +26,7 @@ def random_case(
     spare_pages=8,
     bystanders=2,
     kv_cache_dtype="auto",  # "fp8": fp8 pages with random per-head scales in [0.5, 2)
+    reused=False,  # every page holds NaN before it is reserved, as earlier owners may leave it
 ):
     """A cache with shuffled pages and random sequences, and a query batch:
     `(cache, q, seq_ids, positions, batch)`.
@@ -42,6 +43,9 @@ def random_case(
         gs = torch.Generator().manual_seed(seed + 1)  # its own stream: the same keys as "auto"
         draw = lambda: 0.5 + 1.5 * torch.rand(1, num_kv_heads, generator=gs)  # [1 layer, kv_heads]
         cache.set_kv_scales(draw(), draw())
+    if reused:
+        for pool in (cache.k, cache.v):
+            pool.view(torch.uint8).fill_(255)  # NaN in every float format
     cache.allocator._free = torch.randperm(num_pages, generator=g).tolist()
     for s, n in enumerate(lens):
         cache.reserve(s, n)
@@ -77,7 +81,8 @@ def poison(cache: PagedKVCache, keep_seqs, value=float("nan")) -> None:
 
 
 def stale_nan(cache: PagedKVCache, seqs) -> None:
-    "NaN in the unwritten slots of each sequence's last page, in all layers, as a reused page may hold."
+    """NaN in the unwritten slots of each sequence's last page, in all layers: what a reused page would hold
+    if the cache did not zero fresh pages (notebook 02). A kernel that masks its loads must not need that."""
     for s in seqs:
         n, last = cache.length(s), cache.pages(s)[-1]
         cache.k[:, last, (n - 1) % cache.page_size + 1 :] = float("nan")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import itertools
 import os
 import pickle
 import shutil
@@ -116,9 +117,15 @@ class ShardedKVCache(PagedKVCache):
         self.device = device  # where the ranks' K and V live: the backends are chosen for it
         # the scheduler's tables, on the host (the ones on the meta device could not be read)
         self.block_tables = BlockTables(max_seqs, self.block_tables.max_pages_per_seq, num_pages, "cpu")
-        self.blocks_to_copy: list[tuple[int, int]] = []  # (source, destination) pages since the last take
+        self._track_fresh()
+        # (source, destination) pages since the last take, in order; source -1: zero the (fresh) destination
+        self.blocks_to_copy: list[tuple[int, int]] = []
         self._sent_table = self.block_table.clone()  # [max_seqs, max_pages_per_seq] what the ranks hold
         self._sent_logical = self.page_logical.clone()  # [num_pages]
+
+    def zero_pages(self, pages: torch.Tensor) -> None:
+        "Fresh `pages`, to be zeroed on the ranks (their K and V are not here): recorded as `(-1, page)`."
+        self.blocks_to_copy += [(-1, p) for p in pages.tolist()]
 
     def fork(self, src: int, dst: int) -> None:
         "`PagedKVCache.fork`, its copy of the partial page recorded for the ranks."
@@ -156,7 +163,8 @@ class BlockTableChanges:
     table_rows: torch.Tensor  # [R, max_pages_per_seq] int32 their physical pages now
     pages: torch.Tensor  # [M] int64 physical pages whose logical index changed
     page_logical: torch.Tensor  # [M] int32 their logical index now
-    blocks_to_copy: torch.Tensor  # [C, 2] int64 (source, destination) pages, in the order fork made them
+    # [C, 2] int64 (source, destination) pages, in the order fork and reserve made them; source -1: zero it
+    blocks_to_copy: torch.Tensor
 
 
 @patch
@@ -178,9 +186,15 @@ def apply_changes(cache: PagedKVCache, changes: BlockTableChanges) -> None:
     dev = cache.device
     cache.block_table[changes.rows.to(dev)] = changes.table_rows.to(dev)
     cache.page_logical[changes.pages.to(dev)] = changes.page_logical.to(dev)
-    for src, dst in changes.blocks_to_copy.tolist():  # in order: a page may be a destination twice
-        cache.k[:, dst] = cache.k[:, src]
-        cache.v[:, dst] = cache.v[:, src]
+    # in order (a page may be a destination twice); a run of fresh pages is zeroed at once
+    for fresh, ops in itertools.groupby(changes.blocks_to_copy.tolist(), key=lambda op: op[0] < 0):
+        ops = list(ops)
+        if fresh:
+            cache.zero_pages(torch.tensor([dst for _, dst in ops], device=dev))
+            continue
+        for src, dst in ops:
+            cache.k[:, dst] = cache.k[:, src]
+            cache.v[:, dst] = cache.v[:, src]
 
 # %% ../nbs/16_tensor_parallel.ipynb #27d2b7d7
 @dataclass

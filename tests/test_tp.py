@@ -164,3 +164,15 @@ def test_llm_tensor_parallel_size(folder, hf_tokens):
             LLM(folder, device="cpu", tensor_parallel_size=2, mask_mod=sliding_window(8))
     finally:
         llm.llm_engine.runner.close()
+
+
+def test_one_rank_process(folder, hf_tokens):
+    "vLLM's `distributed_executor_backend='mp'` with one rank: the rank path (process, pipe, gloo) alone."
+    llm = LLM(folder, device="cpu", page_size=4, distributed_executor_backend="mp")
+    try:
+        assert llm.llm_engine.runner.world_size == 1
+        assert llm.llm_engine.runner.collective_rpc(operator.attrgetter("cache.num_kv_heads")) == [2]
+        sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True)
+        assert [o.outputs[0].token_ids for o in llm.generate(PROMPTS, sp, use_tqdm=False)] == hf_tokens
+    finally:
+        llm.llm_engine.runner.close()
