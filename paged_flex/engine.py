@@ -483,7 +483,7 @@ class LLMEngine:
         if multiproc:
             from paged_flex.tp import MultiprocExecutor
 
-            self.runner = MultiprocExecutor(model_path, self.cache, tp, backend, cuda_graphs)
+            self.runner = MultiprocExecutor(model_path, self.cache, tp, backend, cuda_graphs, fused_kernels)
         else:
             self.runner = ModelRunner(self.model, self.cache, backend, cuda_graphs, score_mod, mask_mod)
         self.sampler = Sampler(self.tokenizer)

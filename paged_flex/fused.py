@@ -5,14 +5,19 @@
 # %% ../nbs/09c_fuse_llama.ipynb #b38da9fb
 from __future__ import annotations
 import torch
+from fms.distributed.tensorparallel import (
+    copy_to_tensor_model_parallel_region,
+    reduce_from_tensor_model_parallel_region,
+)
 from fms.modules.feedforward import GatedLinearUnit
+from fms.modules.tp import TPModule
 from fms.modules.layernorm import LayerNormParameterized
 from fms.modules.positions import PositionEncoder, RotaryEmbedding
 from .backends import TRITON_INTERPRETED, triton_available
 from .fms import LayerRotary
 
 # %% auto #0
-__all__ = ['FusedRMSNorm', 'FusedGatedLinearUnit', 'FusedRotaryEmbedding', 'fuse_llama']
+__all__ = ['FusedRMSNorm', 'FusedGatedLinearUnit', 'FusedTPGatedLinearUnit', 'FusedRotaryEmbedding', 'fuse_llama']
 
 # %% ../nbs/09c_fuse_llama.ipynb #b41da8bf
 _TRITON = triton_available()  # asked once
@@ -76,6 +81,20 @@ class FusedGatedLinearUnit(GatedLinearUnit):
 
         return self.w2(silu_mul(self.wg1_fused(x)))
 
+# %% ../nbs/09c_fuse_llama.ipynb #f20785bc
+class FusedTPGatedLinearUnit(FusedGatedLinearUnit):
+    "`FusedGatedLinearUnit` of one rank's shard of FMS's `TPGatedLinearUnit`: the partial sums all-reduced."
+
+    @classmethod
+    def from_fms(cls, glu: GatedLinearUnit) -> FusedTPGatedLinearUnit:
+        fused = super().from_fms(glu)
+        fused.rank, fused.world_size, fused.group = glu.rank, glu.world_size, glu.group
+        return fused
+
+    def forward(self, x):
+        x = copy_to_tensor_model_parallel_region(x, self.group)
+        return reduce_from_tensor_model_parallel_region(super().forward(x), self.group)
+
 # %% ../nbs/09c_fuse_llama.ipynb #172526ac
 class FusedRotaryEmbedding(PositionEncoder):
     "FMS's `RotaryEmbedding`, rotating q and k `[1, tokens, heads, head_dim]` in place by one kernel."
@@ -120,7 +139,7 @@ def _fusable(m) -> str | None:
         return "rms_norm"
     if (
         isinstance(m, GatedLinearUnit)
-        and not isinstance(m, FusedGatedLinearUnit)
+        and not isinstance(m, FusedGatedLinearUnit)  # FusedTPGatedLinearUnit too
         and m.fused
         and isinstance(m.a, torch.nn.SiLU)
         and not m.p_dropout
@@ -141,11 +160,8 @@ def fuse_llama(model) -> dict:
         for name, child in list(parent.named_children()):
             kind = _fusable(child)
             if kind is not None:
-                setattr(
-                    parent,
-                    name,
-                    (FusedRMSNorm if kind == "rms_norm" else FusedGatedLinearUnit).from_fms(child),
-                )
+                glu = FusedTPGatedLinearUnit if isinstance(child, TPModule) else FusedGatedLinearUnit
+                setattr(parent, name, (FusedRMSNorm if kind == "rms_norm" else glu).from_fms(child))
                 done[kind] += 1
         enc = getattr(parent, "position_encoder", None)
         if isinstance(enc, LayerRotary):  # load_llama's layers share one FMS encoder

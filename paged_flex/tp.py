@@ -27,6 +27,7 @@ from fastcore.basics import patch
 from fms.models import get_model
 from fms.modules.attention import MultiHeadAttention
 from torch import nn
+from .backends import TRITON_INTERPRETED
 from .block_tables import BlockTables, check_positive_int
 from .cache import PagedKVCache, default_device, default_dtype
 from .engine import ModelRunner
@@ -258,6 +259,7 @@ class RankConfig:
     max_seq_len: int
     backend: str
     cuda_graphs: bool
+    fused_kernels: bool  # notebook 09c's kernels in the shard (on a GPU, or under Triton's interpreter)
     scratch_page: int | None  # CUDA graphs' padding page, allocated by the caller
     init_method: str  # torch.distributed's rendezvous, e.g. 'file:///tmp/.../store'
     timeout_s: float  # a collective waits this long for its peers, then raises
@@ -283,6 +285,14 @@ class Worker:
             timeout=timeout,
         )
         self.model = RankModel(load_shard(config.model_path, dist.group.WORLD, config.dtype).to(device))
+        if (
+            config.fused_kernels
+            and (cuda or TRITON_INTERPRETED)
+            and type(self.model.model).__name__ == "LLaMA"
+        ):
+            from paged_flex.fused import fuse_llama  # Triton: only where it runs
+
+            fuse_llama(self.model.model)
         self.cache = paged_cache_for(
             self.model, config.num_pages, config.page_size, config.max_seqs, config.max_seq_len
         )  # [layers, num_pages, page_size, KV/N, D]
@@ -356,6 +366,7 @@ class MultiprocExecutor:
         tensor_parallel_size: int,
         backend: str = "auto",
         cuda_graphs: bool = True,
+        fused_kernels: bool = True,
         execute_model_timeout: float = 300.0,
         startup_timeout: float = 600.0,
     ):
@@ -381,6 +392,7 @@ class MultiprocExecutor:
             max_seq_len=cache.max_seq_len,
             backend=backend,
             cuda_graphs=cuda_graphs,
+            fused_kernels=fused_kernels,
             scratch_page=self._scratch_page(cuda_graphs),
             init_method=f"file://{self._store}/store",
             timeout_s=execute_model_timeout,

@@ -12,6 +12,7 @@ notebook 16).
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import operator
 import os
@@ -176,3 +177,19 @@ def test_one_rank_process(folder, hf_tokens):
         assert [o.outputs[0].token_ids for o in llm.generate(PROMPTS, sp, use_tqdm=False)] == hf_tokens
     finally:
         llm.llm_engine.runner.close()
+
+
+def glu_type(worker):
+    return type(worker.model.model.base_model.layers[0].ff_sub_layer).__name__
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="the fused kernels need Triton")
+def test_fused_kernels_on_two_ranks(folder, hf_tokens, monkeypatch):
+    "Notebook 09c's kernels in each rank's shard (under Triton's interpreter here): greedy still equals HF."
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the spawned ranks read it when they import Triton
+    meta, _ = load_llama(folder, "meta")
+    cache = tp.sharded_cache_for(meta, 96, 4, max_seqs=9, max_seq_len=256, device="cpu")
+    with tp.MultiprocExecutor(folder, cache, tensor_parallel_size=2) as ex:
+        assert ex.collective_rpc(glu_type) == ["FusedTPGatedLinearUnit"] * 2
+        assert run_greedy(ex, PROMPTS)[0] == hf_tokens
+        assert run_greedy(ex, PROMPTS, num_steps=4)[0] == hf_tokens
