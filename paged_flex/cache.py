@@ -129,8 +129,17 @@ class PagedKVCache:
 
     def zero_pages(self, pages: torch.Tensor) -> None:
         "Zero `pages` `[n]` int64 (on the cache's device) in every layer of both pools."
+        from paged_flex.backends import triton_available
+
+        gpu = self.device.type == "cuda" and triton_available()  # one launch (notebook 09b) for a pool of GBs
         for pool in (self.k, self.v):
-            (pool.view(torch.uint8) if pool.element_size() == 1 else pool).index_fill_(1, pages, 0)
+            pool = pool.view(torch.uint8) if pool.element_size() == 1 else pool
+            if gpu:
+                from paged_flex.fused_kernels import zero_pages_
+
+                zero_pages_(pool, pages)
+            else:
+                pool.index_fill_(1, pages, 0)
 
     def __contains__(self, seq_id) -> bool:
         return seq_id in self.block_tables

@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 # %% auto #0
-__all__ = ['rms_norm', 'rope_', 'silu_mul']
+__all__ = ['rms_norm', 'rope_', 'silu_mul', 'zero_pages_']
 
 # %% ../nbs/09b_fused.ipynb #df09841a
 @triton.jit
@@ -153,3 +153,25 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:  # [..., 2N] gate then up -> [...
             x2, y, x2.stride(0), y.stride(0), N, BLOCK=BLOCK, num_warps=4
         )
     return y.view(*x.shape[:-1], N)
+
+# %% ../nbs/09b_fused.ipynb #fb625ed6
+@triton.jit
+def _zero_pages_kernel(POOL, PAGES, num_pages, E, BLOCK: tl.constexpr):
+    i, layer, blk = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    page = tl.load(PAGES + i).to(tl.int64)
+    cols = blk * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < E
+    tl.store(POOL + (layer * num_pages + page) * E + cols, tl.zeros([BLOCK], POOL.dtype.element_ty), mask=ok)
+
+
+def zero_pages_(pool: torch.Tensor, pages: torch.Tensor) -> None:
+    "Zero `pool[:, pages]` in place: `pool` `[layers, num_pages, ...]` contiguous, `pages` `[n]` int64."
+    if not pool.is_contiguous():
+        raise ValueError("zero_pages_ needs a contiguous pool [layers, num_pages, ...]")
+    L, P = pool.shape[:2]
+    E = pool[0, 0].numel()
+    if pages.numel() and L:
+        BLOCK = min(4096, triton.next_power_of_2(E))
+        _zero_pages_kernel[(pages.numel(), L, triton.cdiv(E, BLOCK))](
+            pool, pages, P, E, BLOCK=BLOCK, num_warps=4
+        )

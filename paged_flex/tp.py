@@ -301,16 +301,23 @@ class Worker:
             self.model, self.cache, config.backend, config.cuda_graphs, mask_mod=mask_mod
         )
         self.runner.scratch_page = config.scratch_page
+        # host seconds in execute_model: the tables' changes, and the step to its output on the host (rank 0)
+        self.timings = dict.fromkeys(("apply", "run"), 0.0)
 
 # %% ../nbs/16_tensor_parallel.ipynb #28504539
 @patch
 def execute_model(self: Worker, request: ExecuteModelRequest) -> torch.Tensor | None:
     """Bring the tables up to date and run `request`; rank 0 returns the logits `[L, vocab]` (greedy tokens
     `[num_steps, B]` for a multi-step plan) on the host, the other ranks None."""
+    t0 = time.perf_counter()
     apply_changes(self.cache, request.changes)
+    t1 = time.perf_counter()
     run = self.runner.run_decode_steps if request.num_steps > 1 else self.runner.run
     out = run(request)
-    return out.cpu() if self.rank == 0 else None
+    out = out.cpu() if self.rank == 0 else None
+    self.timings["apply"] += t1 - t0
+    self.timings["run"] += time.perf_counter() - t1
+    return out
 
 
 @patch

@@ -64,6 +64,21 @@ def rank_reset_peak(worker) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def rank_reset_timings(worker) -> None:
+    worker.timings = dict.fromkeys(worker.timings, 0.0)
+
+
+def rank_timings(worker) -> dict:
+    "On a rank: host seconds in execute_model (the tables' changes, the step) since the reset."
+    return dict(worker.timings)
+
+
+def rank_glu(worker) -> str:
+    "The feed-forward module of the first layer: fused (notebook 09c) or FMS's own."
+    model = worker.model.model if type(worker.model).__name__ == "RankModel" else worker.model
+    return type(model.base_model.layers[0].ff_sub_layer).__name__
+
+
 def agreement(tokens: list[list[int]], ref: list[list[int]]) -> dict:
     "How far greedy `tokens` follow `ref`: identical sequences, and tokens before each first difference."
     same = []
@@ -109,6 +124,16 @@ def run_config(name, workload, folder, prompts, new, dev, dtype, small, floor_of
             else run_w5(llm, prompts, new, floor_of(prompts, new))
         )
         res["rank_peak_gpu_GB"] = runner.collective_rpc(rank_peak_gb) if multiproc else [res["peak_gpu_GB"]]
+        if multiproc:  # the timed run once more, with the ranks' own clocks: where a round trip's time goes
+            runner.collective_rpc(rank_reset_timings)
+            llm.reset_prefix_cache()
+            sp = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
+            t0 = time.perf_counter()
+            llm.generate(prompts, sp, use_tqdm=False)
+            res["profile"] = {
+                "seconds": time.perf_counter() - t0,
+                "ranks": runner.collective_rpc(rank_timings),
+            }
         check = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
         outs = llm.generate(prompts[:8], check, use_tqdm=False)
         res["check_tokens"] = [list(o.outputs[0].token_ids) for o in outs]
@@ -116,7 +141,7 @@ def run_config(name, workload, folder, prompts, new, dev, dtype, small, floor_of
             load_s=load_s,
             pool_tokens=llm.cache.num_pages * llm.page_size,
             engine=repr(llm),
-            fused_kernels=not multiproc and dev.type == "cuda",
+            fused_glu=runner.collective_rpc(rank_glu) if multiproc else [rank_glu(runner)],
         )
     finally:
         if multiproc:
