@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 # %% auto #0
-__all__ = ['rms_norm', 'rope_', 'silu_mul', 'zero_pages_']
+__all__ = ['rms_norm', 'rope_', 'silu_mul', 'zero_pages_', 'gumbel_argmax']
 
 # %% ../nbs/09b_fused.ipynb #df09841a
 @triton.jit
@@ -175,3 +175,50 @@ def zero_pages_(pool: torch.Tensor, pages: torch.Tensor) -> None:
         _zero_pages_kernel[(pages.numel(), L, triton.cdiv(E, BLOCK))](
             pool, pages, P, E, BLOCK=BLOCK, num_warps=4
         )
+
+# %% ../nbs/09b_fused.ipynb #8f1f3820
+@triton.jit
+def _hash32(x):
+    "lowbias32 of uint32 `x`."
+    x ^= x >> 16
+    x *= 0x7FEB352D
+    x ^= x >> 15
+    x *= 0x846CA68B
+    x ^= x >> 16
+    return x
+
+
+@triton.jit
+def _gumbel_argmax_kernel(X, KEYS, COUNTERS, OUT, offset, stride_x, V: tl.constexpr, BLOCK: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64)
+    key, ctr = tl.load(KEYS + r), tl.load(COUNTERS + r) + offset
+    s = _hash32(_hash32(_hash32(key.to(tl.uint32)) ^ (key >> 32).to(tl.uint32)) ^ ctr.to(tl.uint32))
+    best = tl.full([BLOCK], float("-inf"), tl.float32)
+    arg = tl.zeros([BLOCK], tl.int32)
+    for start in range(0, V, BLOCK):  # V constexpr: one compile per vocabulary size
+        j = start + tl.arange(0, BLOCK)
+        ok = j < V
+        x = tl.load(X + r * stride_x + j, mask=ok, other=float("-inf"))
+        bits = _hash32(s + j.to(tl.uint32) * 0x9E3779B9)
+        u = ((bits >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216)  # (0, 1), 24 bits
+        v = tl.where(ok, x - tl.log(-tl.log(u)), float("-inf"))
+        take = v > best  # the first of equal values stays, as in torch.argmax
+        best = tl.where(take, v, best)
+        arg = tl.where(take, j, arg)
+    top = tl.max(best, 0)
+    tl.store(OUT + r, tl.min(tl.where(best == top, arg, V), 0).to(tl.int64))
+
+
+def gumbel_argmax(
+    x: torch.Tensor, keys: torch.Tensor, counters: torch.Tensor, offset: int = 0
+) -> torch.Tensor:
+    "Row r of `x` [R, V] float32: `argmax(x[r] + Gumbel(keys[r], counters[r] + offset))`, `[R]` int64."
+    x = x.float()
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    R, V = x.shape
+    out = torch.empty(R, dtype=torch.long, device=x.device)
+    if R:
+        BLOCK = min(2048, triton.next_power_of_2(V))
+        _gumbel_argmax_kernel[(R,)](x, keys, counters, out, offset, x.stride(0), V, BLOCK=BLOCK, num_warps=8)
+    return out

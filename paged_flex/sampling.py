@@ -11,13 +11,14 @@ from itertools import accumulate
 from typing import Any
 import torch
 from fastcore.basics import patch
+from .backends import triton_available
 from .block_tables import check_positive_int
 from .fms import check_sampling
 
 # %% auto #0
 __all__ = ['RequestOutputKind', 'check_number', 'check_count', 'SamplingParams', 'Logprob', 'token_counts', 'apply_penalties',
-           'hold_back', 'apply_min_p', 'apply_top_k_top_p', 'sample_rows', 'sample_id', 'SamplerOutput', 'Sampler',
-           'held_ids', 'draw_params', 'draw_rows', 'device_sampled']
+           'hold_back', 'apply_min_p', 'apply_top_k_top_p', 'hash32', 'gumbel_noise', 'sample_rows', 'sample_id',
+           'SamplerOutput', 'Sampler', 'held_ids', 'draw_params', 'draw_rows', 'stream_tensors', 'device_sampled']
 
 # %% ../nbs/11a_sampling.ipynb #f573866d
 class RequestOutputKind(Enum):
@@ -167,13 +168,40 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Te
     return torch.empty_like(logits).scatter(-1, order, ordered.masked_fill(beyond, -math.inf))
 
 # %% ../nbs/11a_sampling.ipynb #fe9848ee
-def sample_rows(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:  # [R]
-    "One token per row of `logits` [R, vocab] from its softmax, row r drawn with `generators[r]` only."
-    probs = logits.softmax(-1)
-    q = torch.empty_like(probs)
-    for r, g in enumerate(generators):
-        q[r].exponential_(generator=g)
-    return (probs / q.clamp_min_(torch.finfo(q.dtype).tiny)).argmax(-1)
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    "`x * c mod 2**32` for int64 `x` in [0, 2**32), in two 16-bit halves of `c`: no product overflows."
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    "lowbias32 of int64 `x` holding uint32 values."
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(keys: torch.Tensor, counters: torch.Tensor, vocab: int) -> torch.Tensor:  # [R, vocab]
+    "Gumbel variables `[R, vocab]` float32 of row streams `(keys[r], counters[r])` (int64 `[R]`)."
+    s = hash32(hash32(hash32(keys & _M32) ^ ((keys >> 32) & _M32)) ^ (counters & _M32))  # [R]
+    j = torch.arange(vocab, device=keys.device)
+    bits = hash32((s[:, None] + ((j * 0x9E3779B9) & _M32)) & _M32)  # [R, vocab]
+    u = ((bits >> 8).float() + 0.5) * 2.0**-24  # (0, 1)
+    return -torch.log(-torch.log(u))
+
+
+def sample_rows(logits: torch.Tensor, keys: torch.Tensor, counters: torch.Tensor, offset: int = 0):  # [R]
+    """A token per row of `logits` [R, vocab] from its softmax;
+    row r from stream `(keys[r], counters[r] + offset)`."""
+    if logits.is_cuda and triton_available():  # one kernel for all rows (notebook 09b)
+        from paged_flex.fused_kernels import gumbel_argmax
+
+        return gumbel_argmax(logits, keys, counters, offset)
+    return (logits.float() + gumbel_noise(keys, counters + offset, logits.shape[-1])).argmax(-1)
 
 # %% ../nbs/11a_sampling.ipynb #cab9cae7
 def sample_id(request_id, index: int):
@@ -190,25 +218,25 @@ class SamplerOutput:
 
 # %% ../nbs/11a_sampling.ipynb #c4f4344b
 class Sampler:
-    "Next tokens of a step's rows, on the logits' device; each sampled row draws from its own generator."
+    "Next tokens of a step's rows, on the logits' device; each sampled row draws from its own stream."
 
     def __init__(self, tokenizer=None):
         self.tokenizer = tokenizer  # decodes the tokens of logprobs (None: decoded_token stays None)
-        self.generators: dict[Any, torch.Generator] = {}  # sample id -> its random stream, while it runs
+        self.streams: dict[Any, list[int]] = {}  # sample id -> [key, tokens drawn], while it runs
 
-    def generator(self, seq, index: int, device) -> torch.Generator:
-        "The generator of sample `index` of `seq`'s request, made (seeded `seed + index`) on first use."
-        key = sample_id(seq.request_id, index)
-        if key not in self.generators:
+    def stream(self, seq, index: int) -> list[int]:
+        """The random stream `[key, tokens drawn]` of sample `index` of `seq`'s request, made on first use:
+        key `seed + index`, or a random one for a request without a seed."""
+        sid = sample_id(seq.request_id, index)
+        if sid not in self.streams:
             seed = seq.params.seed
-            g = torch.Generator(device)
-            g.manual_seed(seed + index if seed is not None else int(torch.randint(0, 2**62, (1,))))
-            self.generators[key] = g
-        return self.generators[key]
+            key = (seed + index) % 2**63 if seed is not None else int(torch.randint(0, 2**62, (1,)))
+            self.streams[sid] = [key, 0]
+        return self.streams[sid]
 
     def release(self, request_id) -> None:
         "Forget a finished sample's random stream."
-        self.generators.pop(request_id, None)
+        self.streams.pop(request_id, None)
 
     def decode(self, token_ids: list[int]) -> list[str | None]:
         "Each token's text alone (vLLM's `decoded_token`); None without a tokenizer."
@@ -254,22 +282,31 @@ def draw_params(ps: list, device) -> tuple:
     return temperature, min_p, top_k, per_row([p.top_p for p in ps]) if cut else None
 
 
-def draw_rows(x: torch.Tensor, params: tuple, generators: list[torch.Generator]) -> torch.Tensor:  # [R]
-    "A token per row of processed logits `x` [R, vocab] under `draw_params`, row r with `generators[r]`."
+def draw_rows(x: torch.Tensor, params: tuple, keys, counters, offset: int = 0) -> torch.Tensor:  # [R]
+    "A token per row of processed logits `x` [R, vocab] under `draw_params`, each from its stream."
     temperature, min_p, top_k, top_p = params
     x = x / temperature
     if min_p is not None:
         x = apply_min_p(x, min_p)
     if top_k is not None:
         x = apply_top_k_top_p(x, torch.where(top_k > 0, top_k, x.shape[-1]), top_p)
-    return sample_rows(x, generators)
+    return sample_rows(x, keys, counters, offset)
+
+
+def stream_tensors(streams: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    "Keys and counters `[R]` int64 of `streams` on `device`."
+    return torch.tensor(streams, dtype=torch.long, device=device).view(-1, 2).unbind(1)
 
 
 @patch
 def draw(self: Sampler, x: torch.Tensor, samples: list[tuple[Any, int]]) -> torch.Tensor:  # [R]
     "Sample a token per row of processed logits `x` [R, vocab]; row r is sample `samples[r] = (seq, index)`."
     params = draw_params([s.params for s, _ in samples], x.device)
-    return draw_rows(x, params, [self.generator(s, i, x.device) for s, i in samples])
+    streams = [self.stream(s, i) for s, i in samples]
+    keys, counters = stream_tensors(streams, x.device)
+    for st in streams:
+        st[1] += 1
+    return draw_rows(x, params, keys, counters)
 
 # %% ../nbs/11a_sampling.ipynb #9fcf7605
 @patch
@@ -337,10 +374,17 @@ def chooser(self: Sampler, seqs: list, device):
         return lambda logits: logits.argmax(-1)
     idx = torch.tensor(drawn, device=device)
     params = draw_params([seqs[r].params for r in drawn], device)
-    generators = [self.generator(seqs[r], 0, device) for r in drawn]
-    return lambda logits: logits.argmax(-1).index_copy(
-        0, idx, draw_rows(logits[idx].float(), params, generators)
-    )
+    streams = [self.stream(seqs[r], 0) for r in drawn]
+    keys, counters = stream_tensors(streams, device)  # the plan's first step; step i draws at counter + i
+    steps = iter(range(2**62))
+
+    def choose(logits):
+        i = next(steps)
+        for st in streams:
+            st[1] += 1
+        return logits.argmax(-1).index_copy(0, idx, draw_rows(logits[idx].float(), params, keys, counters, i))
+
+    return choose
 
 
 @patch
