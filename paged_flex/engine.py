@@ -696,7 +696,8 @@ def step(self: LLMEngine) -> list[RequestOutput]:
     try:
         if plan.num_steps > 1:
             sampled = any(s.params.temperature > 0 for s in plan.logit_seqs)  # else the runner's argmax
-            choose = self.sampler.chooser(plan.logit_seqs, self.device) if sampled else None
+            device = torch.device("cpu") if self.distributed_executor_backend == "mp" else self.device
+            choose = self.sampler.chooser(plan.logit_seqs, device, plan.num_steps) if sampled else None
             out = self.runner.run_decode_steps(plan, st.timings, choose)
             t2 = time.perf_counter()
             tokens = out.tolist()

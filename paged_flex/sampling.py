@@ -18,7 +18,8 @@ from .fms import check_sampling
 # %% auto #0
 __all__ = ['RequestOutputKind', 'check_number', 'check_count', 'SamplingParams', 'Logprob', 'token_counts', 'apply_penalties',
            'hold_back', 'apply_min_p', 'apply_top_k_top_p', 'hash32', 'gumbel_noise', 'sample_rows', 'sample_id',
-           'SamplerOutput', 'Sampler', 'held_ids', 'draw_params', 'draw_rows', 'stream_tensors', 'device_sampled']
+           'SamplerOutput', 'Sampler', 'held_ids', 'draw_params', 'draw_rows', 'stream_tensors', 'device_sampled',
+           'Chooser']
 
 # %% ../nbs/11a_sampling.ipynb #f573866d
 class RequestOutputKind(Enum):
@@ -365,26 +366,44 @@ def device_sampled(seq) -> bool:
     )
 
 
+@dataclass
+class Chooser:
+    """The tokens of a multi-step plan's steps, one call per step: `choose(logits [B, vocab]) -> [B]`,
+    argmax for greedy rows, a draw from its stream for the sampled rows `idx`. Picklable: the rank processes
+    of notebook 16 get it in the plan's request and choose on their GPU; its tensors move to the logits'
+    device at the first call."""
+
+    idx: torch.Tensor  # [R] rows that sample
+    params: tuple  # draw_params of those rows
+    keys: torch.Tensor  # [R] their streams' keys
+    counters: torch.Tensor  # [R] their streams' counters at the plan's first step
+    step: int = 0  # the next call's step: it draws at counters + step
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.keys.device != logits.device:  # once, in a rank process
+            to = lambda t: t.to(logits.device) if t is not None else None
+            self.idx, self.keys, self.counters = to(self.idx), to(self.keys), to(self.counters)
+            self.params = tuple(map(to, self.params))
+        x, i, self.step = logits[self.idx].float(), self.step, self.step + 1
+        return logits.argmax(-1).index_copy(
+            0, self.idx, draw_rows(x, self.params, self.keys, self.counters, i)
+        )
+
+
 @patch
-def chooser(self: Sampler, seqs: list, device):
-    """`next_tokens` for every step of a multi-step plan over `device_sampled` rows `seqs`: the rows'
-    parameters go to the device once, so no step copies from the host (a pageable copy waits for the GPU)."""
+def chooser(self: Sampler, seqs: list, device, num_steps: int = 1):
+    """`next_tokens` for each of the `num_steps` steps of a multi-step plan over `device_sampled` rows `seqs`:
+    the rows' parameters go to `device` once, so no step copies from the host (a pageable copy waits for
+    the GPU); the rows' streams move on by `num_steps` now. A `Chooser`, or the argmax if no row samples."""
     drawn = [r for r, s in enumerate(seqs) if s.params.temperature > 0]
     if not drawn:
         return lambda logits: logits.argmax(-1)
-    idx = torch.tensor(drawn, device=device)
-    params = draw_params([seqs[r].params for r in drawn], device)
     streams = [self.stream(seqs[r], 0) for r in drawn]
     keys, counters = stream_tensors(streams, device)  # the plan's first step; step i draws at counter + i
-    steps = iter(range(2**62))
-
-    def choose(logits):
-        i = next(steps)
-        for st in streams:
-            st[1] += 1
-        return logits.argmax(-1).index_copy(0, idx, draw_rows(logits[idx].float(), params, keys, counters, i))
-
-    return choose
+    for st in streams:
+        st[1] += num_steps
+    params = draw_params([seqs[r].params for r in drawn], device)
+    return Chooser(torch.tensor(drawn, device=device), params, keys, counters)
 
 
 @patch

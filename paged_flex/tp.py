@@ -39,6 +39,7 @@ from paged_flex.fms import (
     paged_cache_for,
     share_rope,
 )
+from .sampling import Chooser
 from .scheduler import StepPlan
 
 # %% auto #0
@@ -207,14 +208,17 @@ class ExecuteModelRequest:
     positions: torch.Tensor  # [T] int64
     logit_indices: torch.Tensor  # [L] int64 rows of T that sample
     max_context_len: int
-    num_steps: int  # > 1: that many greedy decode steps
+    num_steps: int  # > 1: that many decode steps, greedy or chosen by `choose`
     is_decode_only: bool
     changes: BlockTableChanges
+    choose: Chooser | None = (
+        None  # a multi-step plan's sampled rows (notebook 11a): every rank draws the same
+    )
 
     num_tokens = property(lambda self: len(self.token_ids))
 
 
-def execute_model_request(plan: StepPlan, cache: ShardedKVCache) -> ExecuteModelRequest:
+def execute_model_request(plan: StepPlan, cache: ShardedKVCache, choose=None) -> ExecuteModelRequest:
     "The request of `plan`, with the changes of `cache` since the last one."
     return ExecuteModelRequest(
         plan.token_ids,
@@ -225,6 +229,7 @@ def execute_model_request(plan: StepPlan, cache: ShardedKVCache) -> ExecuteModel
         plan.num_steps,
         plan.is_decode_only,
         cache.take_changes(),
+        choose,
     )
 
 # %% ../nbs/16_tensor_parallel.ipynb #2dc1ee17
@@ -312,8 +317,10 @@ def execute_model(self: Worker, request: ExecuteModelRequest) -> torch.Tensor | 
     t0 = time.perf_counter()
     apply_changes(self.cache, request.changes)
     t1 = time.perf_counter()
-    run = self.runner.run_decode_steps if request.num_steps > 1 else self.runner.run
-    out = run(request)
+    if request.num_steps > 1:
+        out = self.runner.run_decode_steps(request, None, request.choose)
+    else:
+        out = self.runner.run(request)
     out = out.cpu() if self.rank == 0 else None
     self.timings["apply"] += t1 - t0
     self.timings["run"] += time.perf_counter() - t1
@@ -614,10 +621,11 @@ def run(self: MultiprocExecutor, plan: StepPlan, timings: dict | None = None) ->
 def run_decode_steps(
     self: MultiprocExecutor, plan: StepPlan, timings: dict | None = None, choose=None
 ) -> torch.Tensor:  # [num_steps, B]
-    """`ModelRunner.run_decode_steps` on every rank: each rank feeds its own argmax, in one round trip;
-    with `choose(logits [B, vocab]) -> [B]` (the caller's sampler), one round trip per step, chosen here."""
-    if choose is None:
-        return self.run(plan, timings)
+    """`ModelRunner.run_decode_steps` on every rank, in one round trip: each rank feeds its own argmax, or
+    what a `Chooser` (the sampler's, notebook 11a) draws there; with any other `choose(logits [B, vocab]) ->
+    [B]`, one round trip per step, chosen here."""
+    if choose is None or isinstance(choose, Chooser):
+        return self._execute(functools.partial(execute_model_request, plan, self.cache, choose), timings)
     tokens, out = plan.token_ids, []
     for i in range(plan.num_steps):
         make = functools.partial(decode_step_request, plan, i, tokens, self.cache)

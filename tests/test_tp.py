@@ -193,3 +193,21 @@ def test_fused_kernels_on_two_ranks(folder, hf_tokens, monkeypatch):
         assert ex.collective_rpc(glu_type) == ["FusedTPGatedLinearUnit"] * 2
         assert run_greedy(ex, PROMPTS)[0] == hf_tokens
         assert run_greedy(ex, PROMPTS, num_steps=4)[0] == hf_tokens
+
+
+def test_sampled_multi_step_plans_make_one_round_trip(folder):
+    "A multi-step plan's sampled rows are drawn on the ranks: one call per plan, the tokens of one process."
+    hot = [
+        SamplingParams(max_tokens=24, temperature=0.8, top_p=0.9, seed=i, ignore_eos=True) for i in range(4)
+    ]
+    one = LLM(folder, device="cpu", page_size=4, num_scheduler_steps=8)
+    llm = LLM(folder, device="cpu", page_size=4, num_scheduler_steps=8, tensor_parallel_size=2)
+    try:
+        want = [o.outputs[0].token_ids for o in one.generate(PROMPTS, hot, use_tqdm=False)]
+        calls = llm.llm_engine.runner._calls
+        got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, hot, use_tqdm=False)]
+        assert got == want
+        plans = llm.stats.plans
+        assert llm.llm_engine.runner._calls - calls == plans < llm.stats.steps, (plans, llm.stats.steps)
+    finally:
+        llm.llm_engine.runner.close()

@@ -137,6 +137,23 @@ def run_config(name, workload, folder, prompts, new, dev, dtype, small, floor_of
         check = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
         outs = llm.generate(prompts[:8], check, use_tqdm=False)
         res["check_tokens"] = [list(o.outputs[0].token_ids) for o in outs]
+        hot = [
+            SamplingParams(max_tokens=32, temperature=0.8, top_p=0.95, seed=i, ignore_eos=True)
+            for i in range(8)
+        ]
+        outs = llm.generate(prompts[:8], hot[: len(prompts[:8])], use_tqdm=False)
+        res["check_sampled_tokens"] = [list(o.outputs[0].token_ids) for o in outs]
+        if workload == "w1":  # sampled W1: every row drawn on the device (on the ranks under mp)
+            hot = SamplingParams(max_tokens=new, temperature=0.8, top_p=0.95, seed=0, ignore_eos=True)
+            llm.reset_prefix_cache()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            llm.generate(prompts, hot, use_tqdm=False)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            res["sampled_seconds"] = time.perf_counter() - t0
+            res["sampled_tokens_per_s"] = len(prompts) * new / res["sampled_seconds"]
         res.update(
             load_s=load_s,
             pool_tokens=llm.cache.num_pages * llm.page_size,
@@ -203,11 +220,22 @@ def main():
             first = next(iter(runs.values()), None)
             if "check_tokens" in r and first and "check_tokens" in first:
                 r["agreement_with_" + configs[0]] = agreement(r["check_tokens"], first["check_tokens"])
+                r["sampled_agreement_with_" + configs[0]] = agreement(
+                    r["check_sampled_tokens"], first["check_sampled_tokens"]
+                )
             if "seconds" in r and first and "seconds" in first:
                 r["speedup_vs_" + configs[0]] = first["seconds"] / r["seconds"]
             runs[name] = r
             brief = {
-                k: r[k] for k in ("seconds", "tokens_per_s", "pool_tokens", "rank_peak_gpu_GB") if k in r
+                k: r[k]
+                for k in (
+                    "seconds",
+                    "tokens_per_s",
+                    "sampled_tokens_per_s",
+                    "pool_tokens",
+                    "rank_peak_gpu_GB",
+                )
+                if k in r
             }
             print(
                 workload, name, f"({time.perf_counter() - t0:.0f} s)", brief, r.get("error", ""), flush=True
