@@ -179,11 +179,11 @@ def zero_pages_(pool: torch.Tensor, pages: torch.Tensor) -> None:
 # %% ../nbs/09b_fused.ipynb #8f1f3820
 @triton.jit
 def _hash32(x):
-    "lowbias32 of uint32 `x`."
+    "lowbias32 of uint32 `x` (constants cast to uint32, so products wrap at 2**32)."
     x ^= x >> 16
-    x *= 0x7FEB352D
+    x *= tl.full((), 0x7FEB352D, tl.uint32)
     x ^= x >> 15
-    x *= 0x846CA68B
+    x *= tl.full((), 0x846CA68B, tl.uint32)
     x ^= x >> 16
     return x
 
@@ -199,7 +199,7 @@ def _gumbel_argmax_kernel(X, KEYS, COUNTERS, OUT, offset, stride_x, V: tl.conste
         j = start + tl.arange(0, BLOCK)
         ok = j < V
         x = tl.load(X + r * stride_x + j, mask=ok, other=float("-inf"))
-        bits = _hash32(s + j.to(tl.uint32) * 0x9E3779B9)
+        bits = _hash32(s + j.to(tl.uint32) * tl.full((), 0x9E3779B9, tl.uint32))
         u = ((bits >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216)  # (0, 1), 24 bits
         v = tl.where(ok, x - tl.log(-tl.log(u)), float("-inf"))
         take = v > best  # the first of equal values stays, as in torch.argmax
