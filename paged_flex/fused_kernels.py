@@ -216,6 +216,7 @@ def gumbel_argmax(
     x = x.float()
     if x.stride(-1) != 1:
         x = x.contiguous()
+    keys, counters = keys.contiguous(), counters.contiguous()  # the kernel reads element r at offset r
     R, V = x.shape
     out = torch.empty(R, dtype=torch.long, device=x.device)
     if R:
