@@ -200,7 +200,7 @@ def _gumbel_argmax_kernel(X, KEYS, COUNTERS, OUT, offset, stride_x, V: tl.conste
         ok = j < V
         x = tl.load(X + r * stride_x + j, mask=ok, other=float("-inf"))
         bits = _hash32(s + j.to(tl.uint32) * tl.full((), 0x9E3779B9, tl.uint32))
-        u = ((bits >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216)  # (0, 1), 24 bits
+        u = ((bits >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608)  # (0, 1): 23 bits, as 11a's uniform23
         v = tl.where(ok, x - tl.log(-tl.log(u)), float("-inf"))
         take = v > best  # the first of equal values stays, as in torch.argmax
         best = tl.where(take, v, best)

@@ -17,9 +17,9 @@ from .fms import check_sampling
 
 # %% auto #0
 __all__ = ['RequestOutputKind', 'check_number', 'check_count', 'SamplingParams', 'Logprob', 'token_counts', 'apply_penalties',
-           'hold_back', 'apply_min_p', 'apply_top_k_top_p', 'hash32', 'gumbel_noise', 'sample_rows', 'sample_id',
-           'SamplerOutput', 'Sampler', 'held_ids', 'draw_params', 'draw_rows', 'stream_tensors', 'device_sampled',
-           'Chooser']
+           'hold_back', 'apply_min_p', 'apply_top_k_top_p', 'hash32', 'gumbel_noise', 'uniform23', 'sample_rows',
+           'sample_id', 'SamplerOutput', 'Sampler', 'held_ids', 'draw_params', 'draw_rows', 'stream_tensors',
+           'device_sampled', 'Chooser']
 
 # %% ../nbs/11a_sampling.ipynb #f573866d
 class RequestOutputKind(Enum):
@@ -191,8 +191,12 @@ def gumbel_noise(keys: torch.Tensor, counters: torch.Tensor, vocab: int) -> torc
     s = hash32(hash32(hash32(keys & _M32) ^ ((keys >> 32) & _M32)) ^ (counters & _M32))  # [R]
     j = torch.arange(vocab, device=keys.device)
     bits = hash32((s[:, None] + ((j * 0x9E3779B9) & _M32)) & _M32)  # [R, vocab]
-    u = ((bits >> 8).float() + 0.5) * 2.0**-24  # (0, 1)
-    return -torch.log(-torch.log(u))
+    return -torch.log(-torch.log(uniform23(bits)))
+
+
+def uniform23(bits: torch.Tensor) -> torch.Tensor:
+    "Hash bits (int64 holding uint32) to float32 uniforms in (0, 1): the top 23 bits plus 1/2, exact."
+    return ((bits >> 9).float() + 0.5) * 2.0**-23
 
 
 def sample_rows(logits: torch.Tensor, keys: torch.Tensor, counters: torch.Tensor, offset: int = 0):  # [R]
