@@ -17,9 +17,9 @@ from .fms import check_sampling
 
 # %% auto #0
 __all__ = ['RequestOutputKind', 'check_number', 'check_count', 'SamplingParams', 'Logprob', 'token_counts', 'apply_penalties',
-           'hold_back', 'apply_min_p', 'apply_top_k_top_p', 'hash32', 'gumbel_noise', 'uniform23', 'sample_rows',
-           'sample_id', 'SamplerOutput', 'Sampler', 'held_ids', 'draw_params', 'draw_rows', 'stream_tensors',
-           'device_sampled', 'Chooser']
+           'hold_back', 'apply_min_p', 'apply_top_k_top_p', 'hash32_', 'hash32', 'gumbel_noise', 'uniform23',
+           'sample_rows', 'sample_id', 'SamplerOutput', 'Sampler', 'held_ids', 'draw_params', 'draw_rows',
+           'stream_tensors', 'device_sampled', 'Chooser']
 
 # %% ../nbs/11a_sampling.ipynb #f573866d
 class RequestOutputKind(Enum):
@@ -172,26 +172,38 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Te
 _M32 = 0xFFFFFFFF
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    "`x * c mod 2**32` for int64 `x` in [0, 2**32), in two 16-bit halves of `c`: no product overflows."
-    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
+def _mul32_(x: torch.Tensor, c: int, tmp: torch.Tensor) -> torch.Tensor:
+    "`x = x * c mod 2**32` in place, int64 `x` in [0, 2**32), by 16-bit halves of `c`: nothing overflows."
+    torch.mul(x, c >> 16, out=tmp).bitwise_and_(0xFFFF).bitwise_left_shift_(16)
+    return x.mul_(c & 0xFFFF).add_(tmp).bitwise_and_(_M32)
+
+
+def hash32_(x: torch.Tensor) -> torch.Tensor:
+    "lowbias32 of int64 `x` holding uint32 values, in place (a `[R, vocab]` tensor is hashed in one buffer)."
+    tmp = torch.empty_like(x)
+    x.bitwise_xor_(x >> 16)
+    _mul32_(x, 0x7FEB352D, tmp)
+    x.bitwise_xor_(x >> 15)
+    _mul32_(x, 0x846CA68B, tmp)
+    return x.bitwise_xor_(x >> 16)
 
 
 def hash32(x: torch.Tensor) -> torch.Tensor:
     "lowbias32 of int64 `x` holding uint32 values."
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
+    return hash32_(x.clone())
+
+
+_WEYL: dict = {}  # (vocab, device) -> (j * 0x9E3779B9) mod 2**32 for j < vocab
 
 
 def gumbel_noise(keys: torch.Tensor, counters: torch.Tensor, vocab: int) -> torch.Tensor:  # [R, vocab]
     "Gumbel variables `[R, vocab]` float32 of row streams `(keys[r], counters[r])` (int64 `[R]`)."
     s = hash32(hash32(hash32(keys & _M32) ^ ((keys >> 32) & _M32)) ^ (counters & _M32))  # [R]
-    j = torch.arange(vocab, device=keys.device)
-    bits = hash32((s[:, None] + ((j * 0x9E3779B9) & _M32)) & _M32)  # [R, vocab]
-    return -torch.log(-torch.log(uniform23(bits)))
+    weyl = _WEYL.get((vocab, keys.device))
+    if weyl is None:
+        weyl = _WEYL[vocab, keys.device] = (torch.arange(vocab, device=keys.device) * 0x9E3779B9) & _M32
+    bits = hash32_((s[:, None] + weyl).bitwise_and_(_M32))  # [R, vocab]
+    return uniform23(bits).log_().neg_().log_().neg_()
 
 
 def uniform23(bits: torch.Tensor) -> torch.Tensor:
