@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from paged_flex.bench import (  # noqa: E402
     DEVICE_PEAKS,
     SMALL_CONFIG,
+    W1_CONFIG,
     W5_CONFIG,
     environment,
     random_model_folder,
@@ -38,17 +39,6 @@ from paged_flex.bench import (  # noqa: E402
 )
 from paged_flex.engine import LLM  # noqa: E402
 from paged_flex.sampling import SamplingParams  # noqa: E402
-
-W1_CONFIG = dict(
-    vocab_size=32000,
-    hidden_size=2048,
-    intermediate_size=8192,
-    num_hidden_layers=16,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    max_position_embeddings=4096,
-    tie_word_embeddings=True,
-)
 
 
 def rank_peak_gb(worker) -> float | None:

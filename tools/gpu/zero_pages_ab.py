@@ -14,11 +14,8 @@ import torch
 from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from paged_flex.bench import environment, random_model_folder, random_prompts, run_w1  # noqa: E402
+from paged_flex.bench import W1_CONFIG, environment, random_model_folder, random_prompts, run_w1  # noqa: E402
 from paged_flex.engine import LLM  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tp_bench import W1_CONFIG  # noqa: E402
 
 REPEATS = int(os.environ.get("REPEATS", 3))
 res = {
