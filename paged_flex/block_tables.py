@@ -70,9 +70,8 @@ class BlockTables:
             int, int
         ] = {}  # seq_id -> leading pages given back while it runs (out of its window)
         self._fresh: list[int] = []  # newly allocated pages, not yet handed to `on_fresh`
-        self.on_fresh = (
-            None  # called at flush with the fresh pages [n] int64 on the device (the cache zeroes them)
-        )
+        # called at flush with the fresh pages [n] int64 on the device (the cache zeroes them)
+        self.on_fresh = None
 
     def __contains__(self, seq_id) -> bool:
         return seq_id in self._pages

@@ -312,8 +312,7 @@ def draw_rows(x: torch.Tensor, params: tuple, keys, counters, offset: int = 0) -
 
 def stream_tensors(streams: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
     "Keys and counters `[R]` int64 of `streams` on `device`."
-    both = torch.tensor(streams, dtype=torch.long, device=device).view(-1, 2)
-    return both[:, 0].contiguous(), both[:, 1].contiguous()
+    return torch.tensor(streams, dtype=torch.long, device=device).view(-1, 2).unbind(1)
 
 
 @patch

@@ -211,9 +211,8 @@ class ExecuteModelRequest:
     num_steps: int  # > 1: that many decode steps, greedy or chosen by `choose`
     is_decode_only: bool
     changes: BlockTableChanges
-    choose: Chooser | None = (
-        None  # a multi-step plan's sampled rows (notebook 11a): every rank draws the same
-    )
+    # a multi-step plan's sampled rows (notebook 11a): every rank draws the same tokens
+    choose: Chooser | None = None
 
     num_tokens = property(lambda self: len(self.token_ids))
 
